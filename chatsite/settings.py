@@ -1,0 +1,264 @@
+"""Django settings for chatsite.
+
+This is the only module that reads the environment: everything else reads
+``django.conf.settings``. See ``.env.example`` for every variable.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+import environ
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env()
+environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+
+logger = logging.getLogger("chatsite")
+
+DEBUG = env.bool("DJANGO_DEBUG", default=False)
+
+# Secure by default: without DEBUG the key must come from the environment.
+if DEBUG:
+    SECRET_KEY = env.str("DJANGO_SECRET_KEY", default="dev-only-insecure-key-do-not-deploy")
+else:
+    SECRET_KEY = env.str("DJANGO_SECRET_KEY")
+
+ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["localhost", "127.0.0.1"] if DEBUG else [])
+CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "channels",
+    "rooms",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "csp.middleware.CSPMiddleware",
+]
+
+ROOT_URLCONF = "chatsite.urls"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+WSGI_APPLICATION = None
+ASGI_APPLICATION = "chatsite.asgi.application"
+
+# --- Database -------------------------------------------------------------
+DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}")}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # WAL lets readers run beside the one writer; IMMEDIATE takes the write lock
+    # up front so two processes never deadlock upgrading a read lock.
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        {
+            "timeout": 30,
+            "transaction_mode": "IMMEDIATE",
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        }
+    )
+else:
+    DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=60)
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Channel layer --------------------------------------------------------
+REDIS_URL = env.str("REDIS_URL", default="")
+# Seconds a Redis command may take before we give up on it: a stopped Redis must
+# turn into an error the client sees, never a hung send.
+REDIS_SOCKET_TIMEOUT = env.float("REDIS_SOCKET_TIMEOUT", default=2.0)
+# "pubsub" (default): one PUBLISH per room event, fanned out in each process.
+# "core": channels-redis's list-based layer, for comparison in the benchmarks.
+CHANNEL_LAYER_KIND = env.str("CHANNEL_LAYER_KIND", default="pubsub")
+
+if REDIS_URL:
+    _redis_host = {
+        "address": REDIS_URL,
+        "socket_timeout": REDIS_SOCKET_TIMEOUT,
+        "socket_connect_timeout": REDIS_SOCKET_TIMEOUT,
+    }
+    if CHANNEL_LAYER_KIND == "core":
+        CHANNEL_LAYERS = {
+            "default": {
+                "BACKEND": "channels_redis.core.RedisChannelLayer",
+                "CONFIG": {
+                    "hosts": [REDIS_URL],
+                    # A socket's per-channel backlog; beyond it channels-redis drops
+                    # silently, which the seq/resume protocol repairs.
+                    "capacity": env.int("CHANNEL_CAPACITY", default=1000),
+                    # Undelivered messages older than this are garbage: clients
+                    # resume from the database instead.
+                    "expiry": env.int("CHANNEL_EXPIRY", default=30),
+                    # Consumers re-add themselves every GROUP_REFRESH_SECONDS, so a
+                    # long-lived socket never outlives its group membership.
+                    "group_expiry": env.int("CHANNEL_GROUP_EXPIRY", default=86400),
+                },
+            }
+        }
+    else:
+        CHANNEL_LAYERS = {
+            "default": {
+                "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+                "CONFIG": {"hosts": [_redis_host]},
+            }
+        }
+else:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+# How often a socket refreshes its presence entry and group membership.
+GROUP_REFRESH_SECONDS = env.int("GROUP_REFRESH_SECONDS", default=30)
+# A presence entry not refreshed for this long belongs to a dead process.
+PRESENCE_TTL_SECONDS = env.int("PRESENCE_TTL_SECONDS", default=90)
+# How often each process checks that Redis answers; on failure it closes its
+# sockets with 4503 so clients reconnect and resume from the database.
+LAYER_HEALTH_INTERVAL = env.float("LAYER_HEALTH_INTERVAL", default=1.0)
+
+# --- Chat limits ----------------------------------------------------------
+_RATE_RE = re.compile(r"^(\d+)/(\d+)s$")
+
+
+def _rate(value: str) -> tuple[int, int] | None:
+    """Parse "20/10s" into (20, 10); "0" disables the limit."""
+    value = value.strip()
+    if value in ("", "0"):
+        return None
+    match = _RATE_RE.match(value)
+    if not match:
+        raise ValueError(f"rate must look like '20/10s' or '0', got {value!r}")
+    return int(match.group(1)), int(match.group(2))
+
+
+CHAT_RATE_LIMIT = _rate(env.str("CHAT_RATE_LIMIT", default="20/10s"))
+CHAT_MAX_MESSAGE_CHARS = env.int("CHAT_MAX_MESSAGE_CHARS", default=4000)
+CHAT_MAX_FRAME_BYTES = env.int("CHAT_MAX_FRAME_BYTES", default=64 * 1024)
+CHAT_HELLO_MESSAGES = 50
+CHAT_RESUME_MAX = 500
+CHAT_HISTORY_MAX = 100
+
+# --- Assistant ------------------------------------------------------------
+OPENAI_API_KEY = env.str("OPENAI_API_KEY", default="")
+OPENAI_BASE_URL = env.str("OPENAI_BASE_URL", default="") or None
+ASSISTANT_MODEL = env.str("ASSISTANT_MODEL", default="gpt-4o-mini")
+ASSISTANT_TIMEOUT_SECONDS = env.float("ASSISTANT_TIMEOUT_SECONDS", default=60.0)
+ASSISTANT_CONNECT_TIMEOUT_SECONDS = env.float("ASSISTANT_CONNECT_TIMEOUT_SECONDS", default=10.0)
+ASSISTANT_MAX_RETRIES = env.int("ASSISTANT_MAX_RETRIES", default=2)
+ASSISTANT_CONTEXT_CHARS = env.int("ASSISTANT_CONTEXT_CHARS", default=12000)
+ASSISTANT_CONTEXT_MESSAGES = env.int("ASSISTANT_CONTEXT_MESSAGES", default=50)
+ASSISTANT_RATE_LIMIT = _rate(env.str("ASSISTANT_RATE_LIMIT", default="5/60s"))
+ASSISTANT_MAX_CONCURRENT_PER_ROOM = env.int("ASSISTANT_MAX_CONCURRENT_PER_ROOM", default=1)
+ASSISTANT_FLUSH_MS = env.int("ASSISTANT_FLUSH_MS", default=50)
+ASSISTANT_FLUSH_CHARS = env.int("ASSISTANT_FLUSH_CHARS", default=200)
+# A streaming reply whose worker has not checked in for this long is marked
+# interrupted (its process died).
+ASSISTANT_STALE_SECONDS = env.int("ASSISTANT_STALE_SECONDS", default=20)
+ASSISTANT_DEMO_DELAY_MS = env.int("ASSISTANT_DEMO_DELAY_MS", default=30)
+
+# --- Auth, sessions, security --------------------------------------------
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "room_list"
+LOGOUT_REDIRECT_URL = "login"
+
+SECURE_SSL_REDIRECT = env.bool("DJANGO_SECURE_SSL_REDIRECT", default=not DEBUG)
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SESSION_COOKIE_SECURE = not DEBUG
+CSRF_COOKIE_SECURE = not DEBUG
+SESSION_COOKIE_HTTPONLY = True
+SECURE_HSTS_SECONDS = env.int("DJANGO_SECURE_HSTS_SECONDS", default=0 if DEBUG else 31536000)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = not DEBUG
+SECURE_HSTS_PRELOAD = not DEBUG
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+
+# Scripts only from our own static files: no inline script, no eval. Images only
+# from ourselves, so a prompt-injected model cannot exfiltrate through <img>.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'"],
+        "img-src": ["'self'", "data:"],
+        "connect-src": ["'self'"],
+        "object-src": ["'none'"],
+        "base-uri": ["'none'"],
+        "frame-ancestors": ["'none'"],
+        "form-action": ["'self'"],
+    }
+}
+
+# --- i18n, static ---------------------------------------------------------
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"
+        if DEBUG
+        else "whitenoise.storage.CompressedManifestStaticFilesStorage"
+    },
+}
+WHITENOISE_USE_FINDERS = DEBUG
+
+# --- Logging --------------------------------------------------------------
+LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(process)d %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {
+        # The SDK's and httpx's DEBUG output can carry request headers.
+        "openai": {"level": "WARNING"},
+        "httpx": {"level": "WARNING"},
+        "httpcore": {"level": "WARNING"},
+        "daphne": {"level": "WARNING"},
+    },
+}
+
+if not REDIS_URL:
+    logger.warning(
+        "REDIS_URL is not set: using the in-memory channel layer, which works in a "
+        "single process only. Set REDIS_URL to run several server processes."
+    )
