@@ -1,0 +1,13 @@
+from django.contrib import admin
+from django.urls import include, path
+
+from rooms import views
+
+urlpatterns = [
+    path("", views.room_list, name="room_list"),
+    path("rooms/<slug:slug>/", views.room_detail, name="room_detail"),
+    path("accounts/signup/", views.signup, name="signup"),
+    path("accounts/", include("django.contrib.auth.urls")),
+    path("admin/", admin.site.urls),
+    path("healthz", views.healthz, name="healthz"),
+]

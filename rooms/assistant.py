@@ -1,0 +1,330 @@
+"""Running assistant replies: queueing, streaming, coalescing, cancelling.
+
+A reply is its own task in whichever process received the mention, never part
+of a consumer's ``receive``: it outlives the asker's sockets. Every flush is
+saved before its delta is broadcast, so a tab that joins mid-stream reads the
+text so far (and its delta seq) from the database and the live deltas continue
+it with no gap or repeat. Every ``assistant.start`` gets exactly one
+``assistant.end``: the terminal state is written once (``reply_finish``
+refuses a second), and only the writer announces it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+from django.conf import settings
+
+from . import events, selectors, services
+from .llm import ChatRequest, Delta, Finished, ProviderError, provider_get
+from .models import Message, Room
+from .realtime import group_send_safe, room_group, task_spawn
+
+logger = logging.getLogger(__name__)
+
+CONTROL_GROUP = "assistant.control"
+QUEUE_POLL_SECONDS = 0.5
+SWEEP_SECONDS = 5.0
+HEARTBEAT_SECONDS = 5.0
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You are {name}, an AI assistant taking part in a group chat room called \"{room}\" with several people. "
+    "Each user message starts with the sender's name and a colon. Reply to the person who mentioned you, "
+    "address them by name when it helps, keep answers concise, and use Markdown where it helps readability."
+)
+
+
+@dataclass(frozen=True)
+class CancelRequest:
+    by: str
+
+
+@dataclass(frozen=True)
+class _PumpEnded:
+    error: BaseException | None
+
+
+# Replies running in this process: reply id -> queue feeding its stream loop.
+_running: dict[int, asyncio.Queue[object]] = {}
+# Wakes this process's queued requests for a room when one of its replies ends.
+_room_wakeups: dict[int, asyncio.Event] = {}
+_background: dict[str, asyncio.Task[None]] = {}
+
+
+def reply_request(room: Room, request: Message) -> None:
+    """Queue a reply to ``request``; returns at once."""
+    background_ensure()
+    task_spawn(_reply_worker(room.pk, request.pk), name=f"reply-for-{request.pk}")
+
+
+async def reply_cancel(room: Room, reply_id: int, username: str) -> bool:
+    """Ask whichever process runs the reply to stop it. False if no such reply streams here."""
+    reply = await database_sync_to_async(selectors.reply_get_streaming)(room, reply_id)
+    if reply is None:
+        return False
+    queue = _running.get(reply_id)
+    if queue is not None:
+        queue.put_nowait(CancelRequest(by=username))
+        return True
+    # Running in another process: every process listens on the control group.
+    sent = await group_send_safe(CONTROL_GROUP, {"type": "reply.cancel", "reply_id": reply_id, "by": username})
+    return sent
+
+
+def background_ensure() -> None:
+    """Start this process's sweeper and cancel listener (once per process)."""
+    for name, factory in (("sweeper", _sweep_loop), ("control", _control_loop)):
+        task = _background.get(name)
+        if task is None or task.done():
+            _background[name] = asyncio.get_running_loop().create_task(factory(), name=f"assistant-{name}")
+
+
+async def _control_loop() -> None:
+    layer = get_channel_layer()
+    while True:
+        try:
+            channel = await layer.new_channel()
+            await layer.group_add(CONTROL_GROUP, channel)
+            while True:
+                message = await layer.receive(channel)
+                if message.get("type") == "reply.cancel":
+                    queue = _running.get(message.get("reply_id"))
+                    if queue is not None:
+                        queue.put_nowait(CancelRequest(by=str(message.get("by", ""))))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - keep listening through Redis outages
+            logger.warning("assistant control listener failed (%s); retrying", type(exc).__name__)
+            await asyncio.sleep(1.0)
+
+
+async def _sweep_loop() -> None:
+    while True:
+        try:
+            await reply_sweep()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("assistant sweep failed")
+        await asyncio.sleep(SWEEP_SECONDS)
+
+
+async def reply_sweep() -> None:
+    interrupted, orphans = await database_sync_to_async(services.reply_sweep_stale)()
+    for reply in interrupted:
+        logger.warning("reply %s interrupted: its worker stopped checking in", reply.pk)
+        await _announce(reply.room_id, events.envelope(events.assistant_end_frame(reply), "assistant.end", reply_id=reply.pk))
+    for request in orphans:
+        logger.info("adopting queued request %s", request.pk)
+        task_spawn(_reply_worker(request.room_id, request.pk), name=f"reply-for-{request.pk}")
+
+
+async def _announce(room_id: int, envelope: dict[str, object]) -> None:
+    await group_send_safe(room_group(room_id), envelope)
+
+
+async def _reply_worker(room_id: int, request_id: int) -> None:
+    announced = False
+    wakeup = _room_wakeups.setdefault(room_id, asyncio.Event())
+    while True:
+        reply = await database_sync_to_async(services.reply_claim_turn)(room_id, request_id)
+        if reply is not None:
+            break
+        position = await database_sync_to_async(services.reply_queue_position)(room_id, request_id)
+        if position == 0:
+            return  # answered or refused elsewhere
+        if not announced:
+            announced = True
+            await _announce(
+                room_id,
+                events.envelope(events.assistant_queued_frame(request_id, position), "assistant.queued"),
+            )
+        wakeup.clear()
+        try:
+            await asyncio.wait_for(wakeup.wait(), QUEUE_POLL_SECONDS)
+        except TimeoutError:
+            pass
+    try:
+        await _reply_run(reply)
+    finally:
+        _room_wakeups.setdefault(room_id, asyncio.Event()).set()
+
+
+def _context_build(room: Room, reply: Message) -> tuple[list[dict[str, str]], list[int]]:
+    history = selectors.context_messages(room, before_seq=reply.seq - 1)
+    system = room.assistant_system_prompt or DEFAULT_SYSTEM_PROMPT.format(name=room.assistant_name, room=room.name)
+    messages = [{"role": "system", "content": system}]
+    for message in history:
+        if message.role == Message.Role.ASSISTANT:
+            messages.append({"role": "assistant", "content": message.text})
+        else:
+            messages.append({"role": "user", "content": f"{message.author_name}: {message.text}"})
+    return messages, [m.pk for m in history]
+
+
+def _reply_prepare(reply_id: int) -> tuple[Room, Message, ChatRequest]:
+    reply = Message.objects.select_related("room").get(pk=reply_id)
+    room = reply.room
+    messages, context_ids = _context_build(room, reply)
+    services.reply_set_context(reply_id, context_ids)
+    request = ChatRequest(
+        messages=messages,
+        model=reply.model or settings.ASSISTANT_MODEL,
+        temperature=room.assistant_temperature,
+        max_tokens=room.assistant_max_tokens,
+    )
+    return room, reply, request
+
+
+async def _pump(provider_stream: object, queue: asyncio.Queue[object]) -> None:
+    try:
+        async for item in provider_stream:  # type: ignore[attr-defined]
+            queue.put_nowait(item)
+    except asyncio.CancelledError:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - handed to the stream loop
+        queue.put_nowait(_PumpEnded(exc))
+        return
+    queue.put_nowait(_PumpEnded(None))
+
+
+async def _reply_run(reply: Message) -> None:
+    room_id = reply.room_id
+    queue: asyncio.Queue[object] = asyncio.Queue()
+    _running[reply.pk] = queue
+    pump: asyncio.Task[None] | None = None
+    stream = _Stream(reply.pk, room_id)
+    try:
+        await _announce(
+            room_id, events.envelope(events.assistant_start_frame(reply), "assistant.start", reply_id=reply.pk)
+        )
+        room, reply, request = await database_sync_to_async(_reply_prepare)(reply.pk)
+        provider = provider_get()
+        stream.model = request.model
+        pump = asyncio.ensure_future(_pump(provider.stream(request), queue))
+        outcome = await stream.run(queue)
+    except asyncio.CancelledError:
+        # The process is shutting down: leave a terminal state, not a hanging row.
+        outcome = stream.outcome(Message.Status.INTERRUPTED, error_code="interrupted",
+                                 error="The server stopped before the reply finished.")
+        await asyncio.shield(_reply_end(reply.pk, room_id, outcome))
+        raise
+    except Exception:
+        logger.exception("reply %s failed", reply.pk)
+        outcome = stream.outcome(Message.Status.ERROR, error_code="internal",
+                                 error="Something went wrong on our side while writing this reply.")
+    finally:
+        _running.pop(reply.pk, None)
+        if pump is not None and not pump.done():
+            pump.cancel()
+            # Let the provider close its upstream stream before we go on.
+            await asyncio.gather(pump, return_exceptions=True)
+    await _reply_end(reply.pk, room_id, outcome)
+
+
+async def _reply_end(reply_id: int, room_id: int, outcome: services.ReplyOutcome) -> None:
+    final = await database_sync_to_async(services.reply_finish)(reply_id, outcome)
+    if final is None:
+        return  # already ended (swept): it was announced then
+    await _announce(room_id, events.envelope(events.assistant_end_frame(final), "assistant.end", reply_id=reply_id))
+
+
+class _Stream:
+    """Folds provider deltas into coalesced, saved, broadcast chunks."""
+
+    def __init__(self, reply_id: int, room_id: int) -> None:
+        self.reply_id = reply_id
+        self.room_id = room_id
+        self.text = ""
+        self.pending = ""
+        self.seq = 0
+        self.model = ""
+        self.started = time.monotonic()
+        self.first_token_ms: int | None = None
+        self.last_flush = time.monotonic()
+        self.last_beat = time.monotonic()
+
+    def outcome(self, status: str, **fields: object) -> services.ReplyOutcome:
+        text = self.text + self.pending
+        seq = self.seq + (1 if self.pending else 0)
+        return services.ReplyOutcome(
+            status=status,
+            text=text,
+            stream_seq=seq,
+            model=str(fields.pop("model", self.model)),
+            first_token_ms=self.first_token_ms,
+            total_ms=int((time.monotonic() - self.started) * 1000),
+            **fields,  # type: ignore[arg-type]
+        )
+
+    async def flush(self) -> None:
+        if not self.pending:
+            return
+        chunk, self.pending = self.pending, ""
+        self.seq += 1
+        self.text += chunk
+        self.last_flush = self.last_beat = time.monotonic()
+        await database_sync_to_async(services.reply_checkpoint)(self.reply_id, self.text, self.seq)
+        await _announce(
+            self.room_id,
+            events.envelope(
+                events.assistant_delta_frame(self.reply_id, self.seq, chunk),
+                "assistant.delta",
+                reply_id=self.reply_id,
+                seq=self.seq,
+            ),
+        )
+
+    async def run(self, queue: asyncio.Queue[object]) -> services.ReplyOutcome:
+        flush_after = settings.ASSISTANT_FLUSH_MS / 1000
+        while True:
+            timeout = max(0.0, self.last_flush + flush_after - time.monotonic()) if self.pending else HEARTBEAT_SECONDS
+            try:
+                item = await asyncio.wait_for(queue.get(), timeout)
+            except TimeoutError:
+                if self.pending:
+                    await self.flush()
+                elif time.monotonic() - self.last_beat >= HEARTBEAT_SECONDS:
+                    self.last_beat = time.monotonic()
+                    await database_sync_to_async(services.reply_heartbeat)(self.reply_id)
+                continue
+            if isinstance(item, Delta):
+                if self.first_token_ms is None:
+                    self.first_token_ms = int((time.monotonic() - self.started) * 1000)
+                self.pending += item.text
+                if (
+                    len(self.pending) >= settings.ASSISTANT_FLUSH_CHARS
+                    or time.monotonic() - self.last_flush >= flush_after
+                ):
+                    await self.flush()
+            elif isinstance(item, Finished):
+                await self.flush()
+                return self.outcome(
+                    Message.Status.COMPLETE,
+                    model=item.model or self.model,
+                    prompt_tokens=item.prompt_tokens,
+                    completion_tokens=item.completion_tokens,
+                    finish_reason=item.finish_reason or "",
+                )
+            elif isinstance(item, CancelRequest):
+                await self.flush()
+                return self.outcome(Message.Status.CANCELLED, cancelled_by=item.by)
+            elif isinstance(item, _PumpEnded):
+                await self.flush()
+                if item.error is None:
+                    return self.outcome(Message.Status.COMPLETE)
+                if isinstance(item.error, ProviderError):
+                    return self.outcome(
+                        Message.Status.ERROR, error_code=item.error.code, error=item.error.reason
+                    )
+                logger.error("reply %s: provider stream failed", self.reply_id, exc_info=item.error)
+                return self.outcome(
+                    Message.Status.ERROR,
+                    error_code="internal",
+                    error="Something went wrong on our side while writing this reply.",
+                )

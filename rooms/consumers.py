@@ -1,0 +1,307 @@
+"""The room socket: parse, authorize, call a service, send.
+
+Frames are documented in docs/protocol.md and built in ``rooms.events``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections import deque
+from typing import Any
+from urllib.parse import parse_qs
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+
+from . import events, presence, selectors
+from .assistant import background_ensure, reply_cancel
+from .models import Message, Room
+from .ratelimit import rate_hit
+from .realtime import group_send_safe, layer_health, room_group, user_group
+from .services import ServiceError, message_send
+
+logger = logging.getLogger(__name__)
+
+
+class BadFrame(Exception):
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+
+
+def _int_field(payload: dict[str, Any], name: str, *, required: bool = True, minimum: int | None = None) -> int | None:
+    value = payload.get(name)
+    if value is None and not required:
+        return None
+    # bool is an int in Python, never in this protocol.
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise BadFrame(events.BAD_REQUEST, f"{name} must be an integer")
+    if minimum is not None and value < minimum:
+        raise BadFrame(events.BAD_REQUEST, f"{name} must be at least {minimum}")
+    return value
+
+
+class RoomConsumer(AsyncWebsocketConsumer):
+    room: Room | None = None
+    username: str = ""
+
+    # --- Lifecycle ------------------------------------------------------------
+
+    async def connect(self) -> None:
+        self.room = None
+        self.groups_joined: list[str] = []
+        self.recent_ids: deque[int] = deque(maxlen=512)
+        self.hello_max_id = 0
+        self.hello_stream_seq: dict[int, int] = {}
+        self.hello_final_ids: set[int] = set()
+        self.refresher: asyncio.Task[None] | None = None
+
+        user = self.scope.get("user")
+        if user is None or not user.is_authenticated:
+            await self._refuse(events.CLOSE_NOT_AUTHENTICATED)
+            return
+        self.user = user
+        self.username = user.get_username()
+        self.session_key = getattr(self.scope.get("session"), "session_key", None)
+        slug = self.scope["url_route"]["kwargs"]["slug"]
+        room = await database_sync_to_async(selectors.room_get)(slug)
+        if room is None:
+            await self._refuse(events.CLOSE_NOT_FOUND)
+            return
+        if not await database_sync_to_async(selectors.room_can_access)(room, user):
+            await self._refuse(events.CLOSE_FORBIDDEN)
+            return
+        if not layer_health.healthy:
+            await self._refuse(events.CLOSE_UNAVAILABLE)
+            return
+        after, after_error = self._after_param()
+
+        try:
+            # Join before reading the snapshot: anything committed after the read
+            # arrives live, anything before is in the snapshot; overlap is dropped by id.
+            for group in (room_group(room.pk), user_group(user.pk)):
+                await self.channel_layer.group_add(group, self.channel_name)
+                self.groups_joined.append(group)
+            before = await presence.presence_list(room.pk)
+            users = await presence.presence_join(room.pk, self.username, self.channel_name)
+        except Exception as exc:  # noqa: BLE001 - Redis down: tell the client to retry
+            logger.warning("connect to %s failed: %s", slug, type(exc).__name__)
+            await self._refuse(events.CLOSE_UNAVAILABLE)
+            return
+        self.room = room
+
+        hello = await database_sync_to_async(self._hello_build)(room, after, users)
+        await self.accept()
+        await self.send(text_data=hello)
+        if after_error:
+            await self._send_error(events.BAD_REQUEST, after_error)
+        layer_health.register(self)
+        background_ensure()
+        if self.username not in before:
+            await self._presence_broadcast(users)
+        self.refresher = asyncio.ensure_future(self._refresh_loop())
+
+    def _after_param(self) -> tuple[int | None, str | None]:
+        query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
+        raw = query.get("after", [None])[0]
+        if raw is None or raw == "":
+            return None, None
+        try:
+            value = int(raw)
+        except ValueError:
+            return None, "after must be a message id"
+        if value < 0:
+            return None, "after must be a message id"
+        return value, None
+
+    def _hello_build(self, room: Room, after: int | None, users: list[str]) -> str:
+        truncated = False
+        if after is None:
+            messages = selectors.message_list_latest(room, settings.CHAT_HELLO_MESSAGES)
+        else:
+            resume = selectors.message_list_after(room, after, settings.CHAT_RESUME_MAX)
+            messages, truncated = resume.messages, resume.truncated
+        streaming = selectors.reply_list_streaming(room)
+        shown = [m for m in messages if m.status != Message.Status.STREAMING]
+        self.hello_max_id = max([m.id for m in messages] + [r.id for r in streaming] + [after or 0])
+        self.hello_stream_seq = {r.id: r.stream_seq for r in streaming}
+        self.hello_final_ids = {m.id for m in shown if m.role == Message.Role.ASSISTANT}
+        return events.hello_frame(
+            room_slug=room.slug,
+            room_name=room.name,
+            username=self.username,
+            presence=users,
+            messages=shown,
+            streaming=streaming,
+            truncated=truncated,
+            assistant_name=room.assistant_name if room.assistant_enabled else None,
+        )
+
+    async def _refuse(self, code: int) -> None:
+        # Accept first: a close code only reaches the client on an open socket.
+        await self.accept()
+        await self.close(code=code)
+
+    async def disconnect(self, code: int) -> None:
+        if self.refresher is not None:
+            self.refresher.cancel()
+        layer_health.unregister(self)
+        for group in self.groups_joined:
+            try:
+                await self.channel_layer.group_discard(group, self.channel_name)
+            except Exception:  # noqa: BLE001 - the layer may be what failed
+                logger.debug("group_discard failed", exc_info=True)
+        if self.room is None:
+            return
+        try:
+            users = await presence.presence_leave(self.room.pk, self.username, self.channel_name)
+        except Exception:  # noqa: BLE001 - the entry ages out by itself
+            return
+        if self.username not in users:
+            await self._presence_broadcast(users)
+
+    async def close_for_outage(self) -> None:
+        await self.close(code=events.CLOSE_UNAVAILABLE)
+
+    async def _refresh_loop(self) -> None:
+        """Keep this socket's presence entry and group membership alive, and
+        announce the departure of sockets whose process died."""
+        assert self.room is not None
+        while True:
+            await asyncio.sleep(settings.GROUP_REFRESH_SECONDS)
+            try:
+                for group in self.groups_joined:
+                    await self.channel_layer.group_add(group, self.channel_name)
+                await presence.presence_join(self.room.pk, self.username, self.channel_name)
+                if await presence.presence_prune(self.room.pk):
+                    await self._presence_broadcast(await presence.presence_list(self.room.pk))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001
+                logger.warning("refresh failed: %s", type(exc).__name__)
+
+    async def _presence_broadcast(self, users: list[str]) -> None:
+        assert self.room is not None
+        await group_send_safe(room_group(self.room.pk), events.envelope(events.presence_frame(users), "presence"))
+
+    # --- Client frames -------------------------------------------------------------
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if self.room is None:
+            return
+        if bytes_data is not None:
+            if len(bytes_data) > settings.CHAT_MAX_FRAME_BYTES:
+                await self.close(code=events.CLOSE_TOO_LARGE)
+                return
+            await self._send_error(events.BAD_REQUEST, "binary frames are not supported; send JSON text")
+            return
+        assert text_data is not None
+        if len(text_data) > settings.CHAT_MAX_FRAME_BYTES or len(text_data.encode()) > settings.CHAT_MAX_FRAME_BYTES:
+            await self.close(code=events.CLOSE_TOO_LARGE)
+            return
+        try:
+            payload = json.loads(text_data)
+        except (ValueError, RecursionError):
+            await self._send_error(events.BAD_JSON, "frame is not valid JSON")
+            return
+        try:
+            await self._dispatch(payload)
+        except BadFrame as exc:
+            await self._send_error(exc.code, exc.detail)
+        except ServiceError as exc:
+            await self._send_error(exc.code, exc.detail)
+
+    async def _dispatch(self, payload: object) -> None:
+        if not isinstance(payload, dict) or not isinstance(payload.get("type"), str):
+            raise BadFrame(events.BAD_REQUEST, 'frame must be a JSON object with a string "type"')
+        kind = payload["type"]
+        if kind == events.MESSAGE_SEND:
+            await self._message_send(payload)
+        elif kind == events.TYPING_SET:
+            await self._typing(payload)
+        elif kind == events.HISTORY_FETCH:
+            await self._history_fetch(payload)
+        elif kind == events.ASSISTANT_CANCEL:
+            await self._assistant_cancel(payload)
+        elif kind == events.PING:
+            await self.send(text_data=events.pong_frame())
+        else:
+            raise BadFrame(events.BAD_REQUEST, f"unknown type {kind[:40]!r}")
+
+    async def _message_send(self, payload: dict[str, Any]) -> None:
+        assert self.room is not None
+        if "text" not in payload:
+            raise BadFrame(events.BAD_REQUEST, "text is required")
+        if not await rate_hit(f"chat:{self.user.pk}", settings.CHAT_RATE_LIMIT):
+            raise BadFrame(events.RATE_LIMITED, "you are sending messages too fast; wait a few seconds")
+        message, _ = await message_send(
+            room=self.room, user=self.user, text=payload["text"], client_id=payload.get("client_id")
+        )
+        # The sender hears back directly, so a stalled channel layer can delay
+        # the room but never leave the sender without an answer.
+        self.recent_ids.append(message.id)
+        await self.send(text_data=events.message_frame(message))
+
+    async def _typing(self, payload: dict[str, Any]) -> None:
+        assert self.room is not None
+        active = payload.get("active")
+        if not isinstance(active, bool):
+            raise BadFrame(events.BAD_REQUEST, "active must be true or false")
+        await group_send_safe(
+            room_group(self.room.pk),
+            events.envelope(events.typing_frame(self.username, active), "typing", username=self.username),
+        )
+
+    async def _history_fetch(self, payload: dict[str, Any]) -> None:
+        assert self.room is not None
+        before = _int_field(payload, "before", minimum=1)
+        limit = _int_field(payload, "limit", required=False, minimum=1) or 50
+        if limit > settings.CHAT_HISTORY_MAX:
+            raise BadFrame(events.BAD_REQUEST, f"limit must be at most {settings.CHAT_HISTORY_MAX}")
+        messages, has_more = await database_sync_to_async(selectors.message_list_before)(self.room, before, limit)
+        await self.send(text_data=events.history_frame(messages, has_more))
+
+    async def _assistant_cancel(self, payload: dict[str, Any]) -> None:
+        assert self.room is not None
+        reply_id = _int_field(payload, "reply_id", minimum=1)
+        assert reply_id is not None
+        if not await reply_cancel(self.room, reply_id, self.username):
+            raise BadFrame(events.NOT_FOUND, "no reply with that id is being written in this room")
+
+    async def _send_error(self, code: str, detail: str) -> None:
+        await self.send(text_data=events.error_frame(code, detail))
+
+    # --- Group events --------------------------------------------------------------
+
+    async def room_event(self, event: dict[str, Any]) -> None:
+        kind = event["kind"]
+        if kind == "message":
+            message_id = event["id"]
+            if message_id <= self.hello_max_id or message_id in self.recent_ids:
+                return
+            self.recent_ids.append(message_id)
+        elif kind == "typing":
+            if event["username"] == self.username:
+                return
+        elif kind == "assistant.start":
+            if event["reply_id"] in self.hello_stream_seq or event["reply_id"] in self.hello_final_ids:
+                return
+        elif kind == "assistant.delta":
+            if event["seq"] <= self.hello_stream_seq.get(event["reply_id"], 0):
+                return
+        elif kind == "assistant.end":
+            if event["reply_id"] in self.hello_final_ids:
+                return
+        await self.send(text_data=event["frame"])
+
+    async def user_logout(self, event: dict[str, Any]) -> None:
+        if event.get("session_key") and event["session_key"] == self.session_key:
+            await self.close(code=events.CLOSE_NOT_AUTHENTICATED)
+
+    async def user_removed(self, event: dict[str, Any]) -> None:
+        if self.room is not None and event.get("room_id") == self.room.pk and self.room.is_private:
+            await self.close(code=events.CLOSE_FORBIDDEN)

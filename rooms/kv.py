@@ -1,0 +1,32 @@
+"""The process's own Redis connection, for presence and rate limits.
+
+Separate from the channel layer's connections so a slow PUBLISH never queues
+behind a presence update. ``None`` when no REDIS_URL is configured: callers
+then fall back to process-local state (single-process mode).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from django.conf import settings
+from redis import asyncio as aioredis
+
+_clients: dict[asyncio.AbstractEventLoop, aioredis.Redis] = {}
+
+
+def kv_client() -> aioredis.Redis | None:
+    if not settings.REDIS_URL:
+        return None
+    loop = asyncio.get_running_loop()
+    client = _clients.get(loop)
+    if client is None:
+        client = aioredis.Redis.from_url(
+            settings.REDIS_URL,
+            socket_timeout=settings.REDIS_SOCKET_TIMEOUT,
+            socket_connect_timeout=settings.REDIS_SOCKET_TIMEOUT,
+            health_check_interval=0,
+            decode_responses=True,
+        )
+        _clients[loop] = client
+    return client

@@ -1,0 +1,123 @@
+from __future__ import annotations
+
+from django.conf import settings
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models
+from django.utils import timezone
+
+
+class Room(models.Model):
+    slug = models.SlugField(max_length=64, unique=True)
+    name = models.CharField(max_length=120)
+    is_private = models.BooleanField(default=False, help_text="Only members may open a private room.")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created = models.DateTimeField(default=timezone.now, editable=False)
+    # The seq of the room's newest message. Bumped under a row lock, so seq has no holes.
+    last_seq = models.PositiveBigIntegerField(default=0, editable=False)
+
+    assistant_enabled = models.BooleanField(default=True)
+    assistant_name = models.CharField(
+        max_length=32, default="assistant", help_text="Mentioned as @name (one word, case-insensitive)."
+    )
+    assistant_model = models.CharField(
+        max_length=100, blank=True, help_text="Blank: the ASSISTANT_MODEL setting."
+    )
+    assistant_system_prompt = models.TextField(blank=True, help_text="Blank: the built-in prompt.")
+    assistant_temperature = models.FloatField(
+        null=True, blank=True, validators=[MinValueValidator(0.0), MaxValueValidator(2.0)]
+    )
+    assistant_max_tokens = models.PositiveIntegerField(null=True, blank=True)
+
+    members = models.ManyToManyField(settings.AUTH_USER_MODEL, through="Membership", related_name="rooms")
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Membership(models.Model):
+    room = models.ForeignKey(Room, on_delete=models.CASCADE, related_name="memberships")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")
+    joined = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["room", "user"], name="membership_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.user} in {self.room}"
+
+
+class Message(models.Model):
+    class Role(models.TextChoices):
+        USER = "user"
+        ASSISTANT = "assistant"
+
+    class Status(models.TextChoices):
+        COMPLETE = "complete"
+        STREAMING = "streaming"
+        CANCELLED = "cancelled"
+        ERROR = "error"
+        INTERRUPTED = "interrupted"
+
+    class ReplyState(models.TextChoices):
+        NONE = ""
+        PENDING = "pending"
+        STARTED = "started"
+        REFUSED = "refused"
+
+    room = models.ForeignKey(Room, on_delete=models.CASCADE, related_name="messages")
+    seq = models.PositiveBigIntegerField()
+    author = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    # Kept so history still reads right after a user is deleted or an assistant renamed.
+    author_name = models.CharField(max_length=150)
+    role = models.CharField(max_length=16, choices=Role.choices, default=Role.USER)
+    text = models.TextField(blank=True)
+    html = models.TextField(blank=True)
+    client_id = models.CharField(max_length=64, null=True, blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.COMPLETE)
+    created = models.DateTimeField(default=timezone.now, editable=False)
+
+    # A user message that mentions the assistant waits in its room's queue.
+    reply_state = models.CharField(max_length=16, choices=ReplyState.choices, default="", blank=True)
+    # The waiting or streaming worker checks in here; a stale beat means its process died.
+    heartbeat = models.DateTimeField(null=True, blank=True, editable=False)
+
+    # Assistant replies only.
+    in_reply_to = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    stream_seq = models.PositiveIntegerField(default=0, help_text="Seq of the last delta folded into text.")
+    model = models.CharField(max_length=100, blank=True)
+    prompt_tokens = models.PositiveIntegerField(null=True, blank=True)
+    completion_tokens = models.PositiveIntegerField(null=True, blank=True)
+    first_token_ms = models.PositiveIntegerField(null=True, blank=True)
+    total_ms = models.PositiveIntegerField(null=True, blank=True)
+    finish_reason = models.CharField(max_length=32, blank=True)
+    error_code = models.CharField(max_length=32, blank=True)
+    error = models.CharField(max_length=300, blank=True)
+    cancelled_by = models.CharField(max_length=150, blank=True)
+    finished = models.DateTimeField(null=True, blank=True)
+    context_ids = models.JSONField(default=list, blank=True, help_text="Messages the model was shown.")
+
+    class Meta:
+        ordering = ["seq"]
+        constraints = [
+            models.UniqueConstraint(fields=["room", "seq"], name="message_room_seq"),
+            models.UniqueConstraint(
+                fields=["room", "author", "client_id"],
+                condition=models.Q(client_id__isnull=False),
+                name="message_client_id",
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["room", "id"], name="message_room_id"),
+            models.Index(fields=["status"], name="message_status", condition=models.Q(status="streaming")),
+            models.Index(fields=["reply_state"], name="message_reply_state", condition=~models.Q(reply_state="")),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.room.slug}#{self.seq} {self.author_name}"

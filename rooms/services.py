@@ -1,0 +1,316 @@
+"""Writes. Every change to rooms and messages goes through here.
+
+Synchronous functions do the database work inside one transaction; the async
+``*_send``/``*_post`` functions run them off the event loop and broadcast only
+after the transaction has committed (persist, then broadcast).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from datetime import timedelta
+
+from channels.db import database_sync_to_async
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import IntegrityError, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from . import events
+from .models import Membership, Message, Room
+from .ratelimit import rate_hit
+from .realtime import group_send_safe, room_group
+from .rendering import message_render
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ServiceError(Exception):
+    code: str
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.detail}"
+
+
+# --- Rooms ------------------------------------------------------------------
+
+
+def room_create(
+    *,
+    slug: str,
+    name: str,
+    created_by: AbstractBaseUser | None = None,
+    is_private: bool = False,
+    members: list[AbstractBaseUser] | None = None,
+) -> Room:
+    with transaction.atomic():
+        room = Room.objects.create(slug=slug, name=name, is_private=is_private, created_by=created_by)
+        people = list(members or [])
+        if created_by is not None and created_by not in people:
+            people.append(created_by)
+        for user in people:
+            Membership.objects.get_or_create(room=room, user=user)
+    return room
+
+
+def membership_add(room: Room, user: AbstractBaseUser) -> Membership:
+    membership, _ = Membership.objects.get_or_create(room=room, user=user)
+    return membership
+
+
+def membership_remove(room: Room, user: AbstractBaseUser) -> None:
+    # The post_delete signal closes the user's open sockets to a private room.
+    for membership in Membership.objects.filter(room=room, user=user):
+        membership.delete()
+
+
+# --- Messages ---------------------------------------------------------------
+
+
+def mention_pattern(name: str) -> re.Pattern[str]:
+    return re.compile(rf"(?<![\w@])@{re.escape(name)}(?![\w-])", re.IGNORECASE)
+
+
+def message_validate(text: object, client_id: object) -> tuple[str, str | None]:
+    if not isinstance(text, str):
+        raise ServiceError(events.BAD_REQUEST, "text must be a string")
+    if client_id is not None and (not isinstance(client_id, str) or not 0 < len(client_id) <= 64):
+        raise ServiceError(events.BAD_REQUEST, "client_id must be a string of 1 to 64 characters")
+    if not text.strip():
+        raise ServiceError(events.BAD_REQUEST, "text must not be empty")
+    if len(text) > settings.CHAT_MAX_MESSAGE_CHARS:
+        raise ServiceError(events.TOO_LONG, f"text is longer than {settings.CHAT_MAX_MESSAGE_CHARS} characters")
+    # NUL cannot be stored in PostgreSQL text and has no business in chat.
+    if "\x00" in text:
+        raise ServiceError(events.BAD_REQUEST, "text must not contain NUL characters")
+    return text, client_id
+
+
+def _seq_next(room_id: int) -> int:
+    """Take the room's next seq under its row lock (held until commit), so seqs
+    have no holes and ids within a room commit in order."""
+    room = Room.objects.select_for_update().only("last_seq").get(pk=room_id)
+    seq = room.last_seq + 1
+    Room.objects.filter(pk=room_id).update(last_seq=F("last_seq") + 1)
+    return seq
+
+
+def message_create(*, room: Room, user: AbstractBaseUser, text: object, client_id: object = None) -> tuple[Message, bool]:
+    """Save a user message; returns ``(message, created)``.
+
+    A repeated ``client_id`` (a retry after reconnect) returns the message it
+    created the first time instead of a second copy.
+    """
+    text, client_id = message_validate(text, client_id)
+    if client_id is not None:
+        existing = Message.objects.filter(room=room, author=user, client_id=client_id).first()
+        if existing is not None:
+            return existing, False
+    html = message_render(text)
+    mentioned = room.assistant_enabled and bool(mention_pattern(room.assistant_name).search(text))
+    try:
+        with transaction.atomic():
+            seq = _seq_next(room.pk)
+            message = Message.objects.create(
+                room=room,
+                seq=seq,
+                author=user,
+                author_name=user.get_username(),
+                role=Message.Role.USER,
+                text=text,
+                html=html,
+                client_id=client_id,
+                reply_state=Message.ReplyState.PENDING if mentioned else Message.ReplyState.NONE,
+                heartbeat=timezone.now() if mentioned else None,
+            )
+    except IntegrityError:
+        # Two tabs retried the same client_id at once: the other one won.
+        existing = Message.objects.filter(room=room, author=user, client_id=client_id).first()
+        if existing is None:
+            raise
+        return existing, False
+    return message, True
+
+
+async def message_send(
+    *, room: Room, user: AbstractBaseUser, text: object, client_id: object = None
+) -> tuple[Message, bool]:
+    """Persist a user message, then tell the room; start the assistant if asked."""
+    if (
+        room.assistant_enabled
+        and isinstance(text, str)
+        and mention_pattern(room.assistant_name).search(text)
+        and not await rate_hit(f"assistant:{user.pk}", settings.ASSISTANT_RATE_LIMIT)
+    ):
+        raise ServiceError(events.RATE_LIMITED, f"@{room.assistant_name} is busy with your earlier requests; try again in a minute")
+    message, created = await database_sync_to_async(message_create)(
+        room=room, user=user, text=text, client_id=client_id
+    )
+    if created:
+        await group_send_safe(
+            room_group(room.pk), events.envelope(events.message_frame(message), "message", id=message.id)
+        )
+        if message.reply_state == Message.ReplyState.PENDING:
+            from .assistant import reply_request
+
+            reply_request(room, message)
+    return message, created
+
+
+# --- Assistant replies ------------------------------------------------------
+
+
+def reply_claim_turn(room_id: int, request_id: int) -> Message | None:
+    """Start the reply to ``request_id`` if it is that request's turn.
+
+    Under the room lock: the oldest pending mention goes first, and only while
+    fewer than ASSISTANT_MAX_CONCURRENT_PER_ROOM replies stream. Returns the new
+    reply row (status streaming, the room's next seq) or None to wait.
+    """
+    with transaction.atomic():
+        room = Room.objects.select_for_update().get(pk=room_id)
+        request = Message.objects.filter(pk=request_id, room_id=room_id).first()
+        if request is None or request.reply_state != Message.ReplyState.PENDING:
+            return None
+        first = (
+            Message.objects.filter(room_id=room_id, reply_state=Message.ReplyState.PENDING).order_by("seq").first()
+        )
+        streaming = Message.objects.filter(
+            room_id=room_id, role=Message.Role.ASSISTANT, status=Message.Status.STREAMING
+        ).count()
+        now = timezone.now()
+        if first is None or first.pk != request_id or streaming >= settings.ASSISTANT_MAX_CONCURRENT_PER_ROOM:
+            Message.objects.filter(pk=request_id).update(heartbeat=now)
+            return None
+        seq = room.last_seq + 1
+        Room.objects.filter(pk=room_id).update(last_seq=seq)
+        reply = Message.objects.create(
+            room=room,
+            seq=seq,
+            author=None,
+            author_name=room.assistant_name,
+            role=Message.Role.ASSISTANT,
+            text="",
+            status=Message.Status.STREAMING,
+            in_reply_to=request,
+            heartbeat=now,
+            model=room.assistant_model or settings.ASSISTANT_MODEL,
+        )
+        Message.objects.filter(pk=request_id).update(reply_state=Message.ReplyState.STARTED, heartbeat=None)
+    return reply
+
+
+def reply_queue_position(room_id: int, request_id: int) -> int:
+    """1-based place of a pending request in its room's queue (0: not queued)."""
+    request = Message.objects.filter(pk=request_id).only("seq", "reply_state").first()
+    if request is None or request.reply_state != Message.ReplyState.PENDING:
+        return 0
+    return Message.objects.filter(
+        room_id=room_id, reply_state=Message.ReplyState.PENDING, seq__lte=request.seq
+    ).count()
+
+
+def reply_request_refuse(request_id: int) -> None:
+    Message.objects.filter(pk=request_id).update(reply_state=Message.ReplyState.REFUSED, heartbeat=None)
+
+
+def reply_set_context(reply_id: int, context_ids: list[int]) -> None:
+    Message.objects.filter(pk=reply_id).update(context_ids=context_ids)
+
+
+def reply_checkpoint(reply_id: int, text: str, stream_seq: int) -> bool:
+    """Save the text so far; False if the reply is no longer streaming (swept)."""
+    updated = Message.objects.filter(pk=reply_id, status=Message.Status.STREAMING).update(
+        text=text, stream_seq=stream_seq, heartbeat=timezone.now()
+    )
+    return bool(updated)
+
+
+def reply_heartbeat(reply_id: int) -> None:
+    Message.objects.filter(pk=reply_id, status=Message.Status.STREAMING).update(heartbeat=timezone.now())
+
+
+@dataclass
+class ReplyOutcome:
+    status: str
+    text: str
+    stream_seq: int
+    model: str = ""
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    first_token_ms: int | None = None
+    total_ms: int | None = None
+    finish_reason: str = ""
+    error_code: str = ""
+    error: str = ""
+    cancelled_by: str = ""
+
+
+def reply_finish(reply_id: int, outcome: ReplyOutcome) -> Message | None:
+    """Give a streaming reply its one terminal state. None if something else
+    (a sweep) already ended it, so exactly one assistant.end goes out."""
+    now = timezone.now()
+    with transaction.atomic():
+        updated = Message.objects.filter(pk=reply_id, status=Message.Status.STREAMING).update(
+            status=outcome.status,
+            text=outcome.text,
+            html=message_render(outcome.text) if outcome.text else "",
+            stream_seq=outcome.stream_seq,
+            model=outcome.model or F("model"),
+            prompt_tokens=outcome.prompt_tokens,
+            completion_tokens=outcome.completion_tokens,
+            first_token_ms=outcome.first_token_ms,
+            total_ms=outcome.total_ms,
+            finish_reason=outcome.finish_reason,
+            error_code=outcome.error_code,
+            error=outcome.error,
+            cancelled_by=outcome.cancelled_by,
+            finished=now,
+            heartbeat=None,
+        )
+    if not updated:
+        return None
+    return Message.objects.get(pk=reply_id)
+
+
+def reply_sweep_stale() -> tuple[list[Message], list[Message]]:
+    """Mark replies whose worker died as interrupted, and return
+    ``(interrupted replies, orphaned pending requests)`` for the caller to
+    announce and adopt."""
+    cutoff = timezone.now() - timedelta(seconds=settings.ASSISTANT_STALE_SECONDS)
+    dead_ids = list(
+        Message.objects.filter(
+            role=Message.Role.ASSISTANT, status=Message.Status.STREAMING, heartbeat__lt=cutoff
+        ).values_list("pk", flat=True)
+    )
+    interrupted: list[Message] = []
+    for reply_id in dead_ids:
+        reply = Message.objects.filter(pk=reply_id).only("text", "stream_seq").first()
+        if reply is None:
+            continue
+        ended = reply_finish(
+            reply_id,
+            ReplyOutcome(
+                status=Message.Status.INTERRUPTED,
+                text=reply.text,
+                stream_seq=reply.stream_seq,
+                error_code="interrupted",
+                error="The server handling this reply stopped before it finished.",
+            ),
+        )
+        if ended is not None:
+            interrupted.append(ended)
+    # Claim orphaned requests by bumping their heartbeat: only one process wins each.
+    orphans: list[Message] = []
+    for request in Message.objects.filter(reply_state=Message.ReplyState.PENDING, heartbeat__lt=cutoff).select_related(
+        "room"
+    ):
+        claimed = Message.objects.filter(pk=request.pk, heartbeat=request.heartbeat).update(heartbeat=timezone.now())
+        if claimed:
+            orphans.append(request)
+    return interrupted, orphans

@@ -1,0 +1,14 @@
+"""Loaded with ``-p`` before pytest-django reads settings: the environment the
+suite's own process runs under. Child processes (daphne) get theirs from the
+fixtures that start them."""
+
+import os
+
+os.environ.setdefault("DJANGO_SECRET_KEY", "test-only-secret-key-not-for-production-0123456789")
+os.environ.setdefault("DJANGO_DEBUG", "0")
+os.environ.setdefault("DJANGO_SECURE_SSL_REDIRECT", "0")
+os.environ.setdefault("DJANGO_ALLOWED_HOSTS", "testserver,localhost,127.0.0.1")
+os.environ.setdefault("OPENAI_API_KEY", "")
+os.environ.setdefault("ASSISTANT_DEMO_DELAY_MS", "1")
+# The in-process suite uses the in-memory layer; system tests start their own Redis.
+os.environ.pop("REDIS_URL", None)
