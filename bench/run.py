@@ -1,0 +1,130 @@
+"""Entry point of `make bench`: ``python -m bench.run [--quick] [--scenarios S1,S3] [--targets ...]``.
+
+Runs every chosen scenario against every chosen target, in one run, on loopback,
+and writes ``bench/results/<date>.md``, ``.json`` and ``.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import platform
+import shutil
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from bench import procs, report, scenarios
+from bench.targets import Context, targets_all
+
+logger = logging.getLogger("bench.run")
+
+RESULTS = Path(__file__).resolve().parent / "results"
+SCENARIOS = ("S1", "S2", "S3", "S4")
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in ("websockets", "Django", "channels", "channels-redis", "daphne", "redis", "Twisted", "openai"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "-"
+    return out
+
+
+def args_parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="every scenario briefly, small sizes (~3 min)")
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma list of S1,S2,S3,S4")
+    parser.add_argument(
+        "--targets", default="ceiling,naive,ours,ours-core", help="comma list of ceiling,naive,ours,ours-core"
+    )
+    parser.add_argument("--ours-db", choices=("sqlite", "postgres"), default="sqlite")
+    parser.add_argument("--soak-seconds", type=float, help="override S4's duration")
+    parser.add_argument("--profile", choices=("", "py-spy"), default="", help="record a flame graph of each server")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where the report goes")
+    parser.add_argument("--name", help="report file stem (default: the date and time)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    args = args_parse(argv)
+    procs.install_signal_handlers()
+    procs.raise_nofile()
+    chosen = [s.strip().upper() for s in args.scenarios.split(",") if s.strip()]
+    unknown = set(chosen) - set(SCENARIOS)
+    if unknown:
+        sys.exit(f"unknown scenarios: {sorted(unknown)}")
+    every = targets_all()
+    targets = []
+    skipped: dict[str, str] = {}
+    for name in (t.strip() for t in args.targets.split(",") if t.strip()):
+        target = every[name]
+        if hasattr(target, "db"):
+            target.db = args.ours_db
+        ok, why = target.available()
+        if ok:
+            targets.append(target)
+        else:
+            skipped[name] = why
+            print(f"skipping {name}: {why}", file=sys.stderr)
+    if shutil.which("redis-server") is None and any(t.needs_redis for t in targets):
+        sys.exit("redis-server is not on PATH (apt-get install redis-server)")
+
+    plan = scenarios.Plan.build(args.quick)
+    if args.soak_seconds:
+        plan.s4_seconds = args.soak_seconds
+    server_core, client_core = procs.cores()
+    workdir = procs.temp_workdir()
+    ctx = Context(workdir=workdir, server_core=server_core, client_core=client_core, redis_core=server_core)
+    ctx.profile = args.profile
+    started = dt.datetime.now().astimezone()
+    results: dict[str, Any] = {
+        "meta": {
+            "started": started.isoformat(timespec="seconds"),
+            "quick": args.quick,
+            "targets": [t.name for t in targets],
+            "skipped_targets": skipped,
+            "scenarios": chosen,
+            "cores": {"server": server_core, "client": client_core, "redis": ctx.redis_core},
+            "machine": {"cpus": len(procs.os.sched_getaffinity(0)), "platform": platform.platform()},
+            "versions": versions(),
+            "ours_db": args.ours_db,
+            "plan": plan.__dict__,
+            "workdir": str(workdir),
+        }
+    }
+    clock = time.monotonic()
+    try:
+        runners = {
+            "S1": scenarios.s1_fanout,
+            "S2": getattr(scenarios, "s2_tokens", None),
+            "S3": scenarios.s3_idle,
+            "S4": getattr(scenarios, "s4_soak", None),
+        }
+        for name in chosen:
+            runner = runners[name]
+            if runner is None:
+                results[name] = {"error": "not implemented yet"}
+                continue
+            results[name] = runner(ctx, plan, targets)
+    finally:
+        procs.stop_all()
+    results["meta"]["duration_s"] = round(time.monotonic() - clock, 1)
+    stem = args.name or started.strftime("%Y-%m-%d-%H%M")
+    args.out.mkdir(parents=True, exist_ok=True)
+    json_path = args.out / f"{stem}.json"
+    json_path.write_text(json.dumps(results, indent=1, default=str) + "\n")
+    md_path = report.report_write(results, args.out, stem)
+    print(f"report: {md_path}\nraw:    {json_path}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,180 @@
+"""The scenarios of issue #5: each runs the same load against every target, in turn.
+
+A scenario starts a fresh server per measurement, hands a JSON job to the load
+generator (its own process, on the client core), and collects its JSON answer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from bench import procs
+from bench.targets import Context, Server, Target
+
+logger = logging.getLogger("bench.scenarios")
+
+
+@dataclass
+class Plan:
+    """Sizes and durations: the full run, or `--quick` for smoke-testing the harness."""
+
+    quick: bool
+    s1_configs: list[tuple[int, int]]  # (members per room, rooms)
+    s1_rates: list[int]
+    s1_step_s: float
+    s1_drain_s: float
+    s1_probes: int
+    s1_stop_p99_ms: float
+    s3_sizes: list[int]
+    s3_idle_s: float
+    s2_configs: list[tuple[int, int]]  # (concurrent replies, members per room)
+    s2_tokens: int
+    s4_seconds: float
+
+    @classmethod
+    def build(cls, quick: bool) -> Plan:
+        if quick:
+            return cls(
+                quick=True,
+                s1_configs=[(1000, 1)],
+                s1_rates=[5_000, 20_000, 50_000],
+                s1_step_s=1.5,
+                s1_drain_s=4.0,
+                s1_probes=5,
+                s1_stop_p99_ms=2000,
+                s3_sizes=[1000],
+                s3_idle_s=3.0,
+                s2_configs=[(5, 10)],
+                s2_tokens=60,
+                s4_seconds=20,
+            )
+        return cls(
+            quick=False,
+            s1_configs=[(1000, 1), (100, 10), (10, 100)],
+            s1_rates=[1_000, 2_000, 5_000, 10_000, 20_000, 30_000, 40_000, 50_000, 60_000, 70_000, 80_000]
+            + [90_000, 100_000, 120_000, 150_000],
+            s1_step_s=4.0,
+            s1_drain_s=10.0,
+            s1_probes=30,
+            s1_stop_p99_ms=2000,
+            s3_sizes=[1000, 5000, 10000],
+            s3_idle_s=30.0,
+            s2_configs=[(10, 20), (50, 20), (100, 10)],
+            s2_tokens=300,
+            s4_seconds=600,
+        )
+
+
+def loadgen_run(ctx: Context, job: dict[str, Any], timeout: float) -> dict[str, Any]:
+    """Run one load-generator process on the client core; its stderr goes to ours."""
+    job = {**job, "core": ctx.client_core}
+    proc = subprocess.Popen(
+        [procs.PYTHON, "-m", "bench.loadgen"],
+        cwd=procs.REPO,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=sys.stderr,
+        text=True,
+        start_new_session=True,
+    )
+    procs._children.append(proc)  # noqa: SLF001 - cleaned up with the other children
+    try:
+        out, _ = proc.communicate(json.dumps(job), timeout=timeout)
+    except subprocess.TimeoutExpired:
+        procs.stop(proc)
+        return {"error": f"load generator timed out after {timeout:.0f}s"}
+    finally:
+        procs.stop(proc)
+    if proc.returncode != 0 or not out.strip():
+        return {"error": f"load generator exited with {proc.returncode}"}
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def with_server(ctx: Context, target: Target, rooms: list[str], run: Any, users: int = 20) -> dict[str, Any]:
+    """Start `target`, call `run(server)`, always stop it; failures become an `error` entry."""
+    started = time.monotonic()
+    server: Server | None = None
+    try:
+        server = target.start(ctx, rooms, users)
+        result = run(server)
+    except Exception as exc:  # noqa: BLE001 - one row failing must not sink the report
+        logger.exception("%s failed", target.name)
+        result = {"error": f"{type(exc).__name__}: {exc}"}
+    finally:
+        if server is not None:
+            if server.proc.poll() is not None:
+                result.setdefault("error", f"server exited with {server.proc.returncode}")
+            target.stop(server)
+    result["elapsed_s"] = round(time.monotonic() - started, 1)
+    return result
+
+
+def server_job(server: Server) -> dict[str, Any]:
+    return {
+        "host": "127.0.0.1",
+        "port": server.port,
+        "protocol": server.protocol,
+        "headers": server.headers,
+        "pids": server.pids(),
+    }
+
+
+# ---------------------------------------------------------------------------
+
+
+def s1_fanout(ctx: Context, plan: Plan, targets: list[Target]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for size, count in plan.s1_configs:
+        key = f"{size}x{count}"
+        out[key] = {}
+        rooms = [f"s1-{size}-{i}" for i in range(count)]
+        for target in targets:
+            print(f"S1 {key} {target.name}", file=sys.stderr, flush=True)
+
+            def run(server: Server, rooms: list[str] = rooms, size: int = size) -> dict[str, Any]:
+                job = {
+                    **server_job(server),
+                    "kind": "s1",
+                    "rooms": [{"path": server.room_path(room), "size": size} for room in rooms],
+                    "rates": plan.s1_rates,
+                    "step_s": plan.s1_step_s,
+                    "drain_s": plan.s1_drain_s,
+                    "probe_messages": plan.s1_probes,
+                    "stop_p99_ms": plan.s1_stop_p99_ms,
+                }
+                timeout = 120 + len(plan.s1_rates) * (plan.s1_step_s + plan.s1_drain_s + 5)
+                return loadgen_run(ctx, job, timeout)
+
+            out[key][target.name] = with_server(ctx, target, rooms, run)
+    return out
+
+
+def s3_idle(ctx: Context, plan: Plan, targets: list[Target]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for size in plan.s3_sizes:
+        out[str(size)] = {}
+        rooms = [f"s3-{i}" for i in range(max(1, size // 1000))]
+        for target in targets:
+            print(f"S3 {size} {target.name}", file=sys.stderr, flush=True)
+
+            def run(server: Server, rooms: list[str] = rooms, size: int = size) -> dict[str, Any]:
+                job = {
+                    **server_job(server),
+                    "kind": "s3",
+                    "room_paths": [server.room_path(room) for room in rooms],
+                    "sockets": size,
+                    "idle_s": plan.s3_idle_s,
+                }
+                result = loadgen_run(ctx, job, timeout=300 + size / 20)
+                if server.redis:
+                    result["redis_keys"] = server.redis.key_count()
+                return result
+
+            out[str(size)][target.name] = with_server(ctx, target, rooms, run)
+    return out
