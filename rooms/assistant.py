@@ -12,8 +12,10 @@ refuses a second), and only the writer announces it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from channels.db import database_sync_to_async
@@ -181,10 +183,13 @@ def _reply_prepare(reply_id: int) -> tuple[Room, Message, ChatRequest]:
     return room, reply, request
 
 
-async def _pump(provider_stream: object, queue: asyncio.Queue[object]) -> None:
+async def _pump(provider_stream: AsyncIterator[Delta | Finished], queue: asyncio.Queue[object]) -> None:
+    """Feed the provider's items to the stream loop. Cancelling this task closes
+    the upstream HTTP stream (aclosing), so a stopped reply stops costing tokens."""
     try:
-        async for item in provider_stream:  # type: ignore[attr-defined]
-            queue.put_nowait(item)
+        async with contextlib.aclosing(provider_stream) as items:  # type: ignore[type-var]
+            async for item in items:
+                queue.put_nowait(item)
     except asyncio.CancelledError:
         raise
     except BaseException as exc:  # noqa: BLE001 - handed to the stream loop

@@ -129,6 +129,8 @@ def message_create(*, room: Room, user: AbstractBaseUser, text: object, client_i
                 heartbeat=timezone.now() if mentioned else None,
             )
     except IntegrityError:
+        if client_id is None:
+            raise
         # Two tabs retried the same client_id at once: the other one won.
         existing = Message.objects.filter(room=room, author=user, client_id=client_id).first()
         if existing is None:

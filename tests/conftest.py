@@ -1,0 +1,39 @@
+"""Shared fixtures. Layers: services against the database, consumers through
+WebsocketCommunicator (in-process, in-memory layer), system tests against real
+daphne and Redis processes (tests/system), the browser (tests/browser)."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+
+import pytest
+from django.contrib.auth import get_user_model
+
+from rooms import services
+from rooms.models import Room
+
+_counter = itertools.count(1)
+
+
+@pytest.fixture
+def make_user(db) -> Callable[..., object]:
+    def make(username: str | None = None):
+        name = username or f"user{next(_counter)}"
+        return get_user_model().objects.create_user(username=name, password="correct-horse-battery")
+
+    return make
+
+
+@pytest.fixture
+def make_room(db) -> Callable[..., Room]:
+    def make(slug: str | None = None, **kwargs) -> Room:
+        slug = slug or f"room-{next(_counter)}"
+        return services.room_create(slug=slug, name=kwargs.pop("name", slug.title()), **kwargs)
+
+    return make
+
+
+@pytest.fixture(autouse=True)
+def _fast_password_hashing(settings) -> None:
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

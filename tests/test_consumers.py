@@ -1,0 +1,258 @@
+"""The room consumer through channels.testing.WebsocketCommunicator, with the
+in-memory channel layer and a real (transactional) database."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from channels.db import database_sync_to_async as mk
+from channels.routing import URLRouter
+from channels.testing import WebsocketCommunicator
+
+from rooms import services
+from rooms.models import Message
+from rooms.routing import websocket_urlpatterns
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.django_db(transaction=True)]
+
+app = URLRouter(websocket_urlpatterns)
+
+
+async def open_socket(user, slug: str, query: str = "") -> tuple[WebsocketCommunicator, dict]:
+    path = f"/ws/rooms/{slug}/" + (f"?{query}" if query else "")
+    communicator = WebsocketCommunicator(app, path)
+    communicator.scope["user"] = user
+    communicator.scope["session"] = None
+    connected, _ = await communicator.connect()
+    assert connected
+    hello = await communicator.receive_json_from(timeout=5)
+    return communicator, hello
+
+
+async def next_of(communicator: WebsocketCommunicator, kind: str, timeout: float = 5) -> dict:
+    """The next frame of type ``kind``, skipping presence/typing chatter."""
+    while True:
+        frame = await communicator.receive_json_from(timeout=timeout)
+        if frame["type"] == kind:
+            return frame
+        assert frame["type"] in ("presence", "typing", "assistant.queued"), frame
+
+
+async def test_hello_then_messages_reach_every_tab(make_user, make_room):
+    alice, bob = await mk(make_user)("alice"), await mk(make_user)("bob")
+    room = await mk(make_room)("lobby")
+    a1, hello = await open_socket(alice, room.slug)
+    assert hello["type"] == "hello"
+    assert hello["room"]["slug"] == "lobby" and hello["user"] == {"username": "alice"}
+    assert hello["messages"] == [] and hello["streaming"] == [] and hello["presence"] == ["alice"]
+    a2, _ = await open_socket(alice, room.slug)
+    b1, hello_b = await open_socket(bob, room.slug)
+    assert hello_b["presence"] == ["alice", "bob"]
+
+    await b1.send_json_to({"type": "message.send", "text": "hi all", "client_id": "c-1"})
+    for tab in (a1, a2, b1):
+        frame = await next_of(tab, "message")
+        message = frame["message"]
+        assert message["text"] == "hi all" and message["author"] == "bob" and message["client_id"] == "c-1"
+        assert message["role"] == "user" and message["status"] == "complete" and message["seq"] == 1
+        assert set(message) >= {"id", "seq", "client_id", "author", "role", "text", "html", "created", "status"}
+    # Exactly once: nothing else queued for the sender.
+    assert await b1.receive_nothing(timeout=0.3)
+    for tab in (a1, a2, b1):
+        await tab.disconnect()
+
+
+async def test_presence_counts_users_once_and_leaves_with_last_tab(make_user, make_room):
+    alice, bob = await mk(make_user)("alice"), await mk(make_user)("bob")
+    room = await mk(make_room)("pres")
+    b1, _ = await open_socket(bob, room.slug)
+    assert (await next_of(b1, "presence"))["users"] == ["bob"]  # its own arrival
+    a1, _ = await open_socket(alice, room.slug)
+    assert (await next_of(b1, "presence"))["users"] == ["alice", "bob"]
+    a2, _ = await open_socket(alice, room.slug)
+    await a1.disconnect()
+    assert await b1.receive_nothing(timeout=0.3), "alice still has a tab open"
+    await a2.disconnect()
+    assert (await next_of(b1, "presence"))["users"] == ["bob"]
+    await b1.disconnect()
+
+
+async def test_reconnect_after_gets_missing_messages_once(make_user, make_room):
+    alice, bob = await mk(make_user)("alice"), await mk(make_user)("bob")
+    room = await mk(make_room)("resume")
+    a1, _ = await open_socket(alice, room.slug)
+    await a1.send_json_to({"type": "message.send", "text": "first"})
+    seen = (await next_of(a1, "message"))["message"]["id"]
+    await a1.disconnect()
+    for i in range(3):
+        await services.message_send(room=room, user=bob, text=f"while away {i}")
+    a2, hello = await open_socket(alice, room.slug, f"after={seen}")
+    assert [m["text"] for m in hello["messages"]] == ["while away 0", "while away 1", "while away 2"]
+    assert [m["seq"] for m in hello["messages"]] == [2, 3, 4]
+    await a2.disconnect()
+
+
+async def test_hello_without_after_has_last_50(make_user, make_room):
+    alice = await mk(make_user)("alice")
+    room = await mk(make_room)("long")
+    for i in range(60):
+        await services.message_send(room=room, user=alice, text=f"m{i}")
+    a1, hello = await open_socket(alice, room.slug)
+    assert [m["seq"] for m in hello["messages"]] == list(range(11, 61))
+    await a1.send_json_to({"type": "history.fetch", "before": hello["messages"][0]["id"], "limit": 100})
+    history = await next_of(a1, "history")
+    assert [m["seq"] for m in history["messages"]] == list(range(1, 11)) and history["has_more"] is False
+    await a1.disconnect()
+
+
+async def test_duplicate_client_id_returns_existing(make_user, make_room):
+    alice = await mk(make_user)("alice")
+    room = await mk(make_room)("dup")
+    a1, _ = await open_socket(alice, room.slug)
+    await a1.send_json_to({"type": "message.send", "text": "once", "client_id": "same"})
+    first = (await next_of(a1, "message"))["message"]
+    await a1.send_json_to({"type": "message.send", "text": "once", "client_id": "same"})
+    again = (await next_of(a1, "message"))["message"]
+    assert again["id"] == first["id"]
+    assert await Message.objects.filter(room=room).acount() == 1
+    await a1.disconnect()
+
+
+BAD_FRAMES = [
+    ("not json", "bad_json"),
+    ("{", "bad_json"),
+    ("[]", "bad_request"),
+    ('"text"', "bad_request"),
+    ("{}", "bad_request"),
+    ('{"type": 5}', "bad_request"),
+    ('{"type": "nope"}', "bad_request"),
+    ('{"type": "message.send"}', "bad_request"),
+    ('{"type": "message.send", "text": 5}', "bad_request"),
+    ('{"type": "message.send", "text": ""}', "bad_request"),
+    ('{"type": "message.send", "text": "hi", "client_id": 7}', "bad_request"),
+    ('{"type": "message.send", "text": "hi", "client_id": "' + "x" * 65 + '"}', "bad_request"),
+    ('{"type": "typing", "active": "yes"}', "bad_request"),
+    ('{"type": "history.fetch", "before": "1", "limit": 5}', "bad_request"),
+    ('{"type": "history.fetch", "before": 1, "limit": 101}', "bad_request"),
+    ('{"type": "history.fetch", "before": true, "limit": 5}', "bad_request"),
+    ('{"type": "assistant.cancel", "reply_id": 999999}', "not_found"),
+    ('{"type": "assistant.cancel"}', "bad_request"),
+]
+
+
+@pytest.mark.parametrize(("frame", "code"), BAD_FRAMES)
+async def test_bad_frames_get_error_and_keep_socket(make_user, make_room, frame, code):
+    alice = await mk(make_user)("alice")
+    room = await mk(make_room)("bad")
+    a1, _ = await open_socket(alice, room.slug)
+    await a1.send_to(text_data=frame)
+    error = await next_of(a1, "error")
+    assert error["code"] == code and error["detail"]
+    # Still open and working, and nothing was saved.
+    assert await Message.objects.filter(room=room).acount() == 0
+    await a1.send_json_to({"type": "message.send", "text": "still here"})
+    assert (await next_of(a1, "message"))["message"]["text"] == "still here"
+    await a1.disconnect()
+
+
+async def test_too_long_text(make_user, make_room, settings):
+    settings.CHAT_MAX_MESSAGE_CHARS = 20
+    alice = await mk(make_user)("alice")
+    room = await mk(make_room)("cap")
+    a1, _ = await open_socket(alice, room.slug)
+    await a1.send_json_to({"type": "message.send", "text": "x" * 21})
+    assert (await next_of(a1, "error"))["code"] == "too_long"
+    assert await Message.objects.filter(room=room).acount() == 0
+    await a1.disconnect()
+
+
+async def test_binary_frame_is_refused_politely(make_user, make_room):
+    alice = await mk(make_user)("alice")
+    room = await mk(make_room)("bin")
+    a1, _ = await open_socket(alice, room.slug)
+    await a1.send_to(bytes_data=b"\x00\x01")
+    assert (await next_of(a1, "error"))["code"] == "bad_request"
+    await a1.disconnect()
+
+
+async def test_oversized_frame_closes_and_saves_nothing(make_user, make_room):
+    alice = await mk(make_user)("alice")
+    room = await mk(make_room)("big")
+    a1, _ = await open_socket(alice, room.slug)
+    await a1.send_to(text_data=json.dumps({"type": "message.send", "text": "x" * (70 * 1024)}))
+    closed = await a1.receive_output(timeout=5)
+    while closed["type"] != "websocket.close":
+        closed = await a1.receive_output(timeout=5)
+    assert closed["code"] == 4413
+    assert await Message.objects.filter(room=room).acount() == 0
+
+
+async def test_rate_limit(make_user, make_room, settings):
+    settings.CHAT_RATE_LIMIT = (3, 60)
+    alice, bob = await mk(make_user)("alice"), await mk(make_user)("bob")
+    room = await mk(make_room)("flood")
+    a1, _ = await open_socket(alice, room.slug)
+    b1, _ = await open_socket(bob, room.slug)
+    for i in range(3):
+        await a1.send_json_to({"type": "message.send", "text": f"m{i}"})
+        await next_of(a1, "message")
+    await a1.send_json_to({"type": "message.send", "text": "too many"})
+    assert (await next_of(a1, "error"))["code"] == "rate_limited"
+    await b1.send_json_to({"type": "message.send", "text": "bob is fine"})
+    texts = [(await next_of(b1, "message"))["message"]["text"] for _ in range(4)]
+    assert texts == ["m0", "m1", "m2", "bob is fine"]
+    assert await Message.objects.filter(room=room).acount() == 4
+    for s in (a1, b1):
+        await s.disconnect()
+
+
+@pytest.mark.parametrize(
+    ("who", "code"),
+    [("anonymous", 4401), ("stranger", 4403), ("missing-room", 4404)],
+)
+async def test_refusals_close_with_codes(make_user, make_room, who, code):
+    from django.contrib.auth.models import AnonymousUser
+
+    member, stranger = await mk(make_user)("member"), await mk(make_user)("stranger")
+    room = await mk(make_room)("secret", is_private=True, members=[member])
+    user = {"anonymous": AnonymousUser(), "stranger": stranger, "missing-room": member}[who]
+    slug = "nowhere" if who == "missing-room" else room.slug
+    communicator = WebsocketCommunicator(app, f"/ws/rooms/{slug}/")
+    communicator.scope["user"] = user
+    connected, _ = await communicator.connect()
+    assert connected
+    output = await communicator.receive_output(timeout=5)
+    assert output == {"type": "websocket.close", "code": code}
+
+
+async def test_member_of_private_room_is_let_in(make_user, make_room):
+    member = await mk(make_user)("member")
+    room = await mk(make_room)("secret", is_private=True, members=[member])
+    a1, hello = await open_socket(member, room.slug)
+    assert hello["type"] == "hello"
+    await a1.disconnect()
+
+
+async def test_typing_reaches_others_not_typist(make_user, make_room):
+    alice, bob = await mk(make_user)("alice"), await mk(make_user)("bob")
+    room = await mk(make_room)("typing")
+    a1, _ = await open_socket(alice, room.slug)
+    b1, _ = await open_socket(bob, room.slug)
+    await a1.send_json_to({"type": "typing", "active": True})
+    assert await next_of(b1, "typing") == {"type": "typing", "username": "alice", "active": True}
+    frames = []
+    while not await a1.receive_nothing(timeout=0.3):
+        frames.append(await a1.receive_json_from())
+    assert all(f["type"] != "typing" for f in frames)
+    for s in (a1, b1):
+        await s.disconnect()
+
+
+async def test_bad_after_is_reported_not_fatal(make_user, make_room):
+    alice = await mk(make_user)("alice")
+    room = await mk(make_room)("after")
+    a1, hello = await open_socket(alice, room.slug, "after=abc")
+    assert hello["type"] == "hello"
+    assert (await next_of(a1, "error"))["code"] == "bad_request"
+    await a1.disconnect()
