@@ -255,6 +255,7 @@ LOGGING = {
         # The SDK's and httpx's DEBUG output can carry request headers.
         "openai": {"level": "WARNING"},
         "httpx": {"level": "WARNING"},
+        "httpx2": {"level": "WARNING"},
         "httpcore": {"level": "WARNING"},
         "daphne": {"level": "WARNING"},
     },

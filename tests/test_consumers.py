@@ -30,13 +30,18 @@ async def open_socket(user, slug: str, query: str = "") -> tuple[WebsocketCommun
     return communicator, hello
 
 
-async def next_of(communicator: WebsocketCommunicator, kind: str, timeout: float = 5) -> dict:
-    """The next frame of type ``kind``, skipping presence/typing chatter."""
+SKIPPABLE = ("presence", "typing", "assistant.queued")
+
+
+async def next_of(
+    communicator: WebsocketCommunicator, kind: str, timeout: float = 5, skip: tuple[str, ...] = SKIPPABLE
+) -> dict:
+    """The next frame of type ``kind``, skipping the frame types in ``skip``."""
     while True:
         frame = await communicator.receive_json_from(timeout=timeout)
         if frame["type"] == kind:
             return frame
-        assert frame["type"] in ("presence", "typing", "assistant.queued"), frame
+        assert frame["type"] in skip, frame
 
 
 async def test_hello_then_messages_reach_every_tab(make_user, make_room):
