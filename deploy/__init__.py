@@ -1,0 +1,1 @@
+"""Deployment helpers: the local multi-process stack and the container health check."""
