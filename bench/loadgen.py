@@ -15,9 +15,11 @@ processes of the machine): each message text carries a marker
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import json
 import logging
+import math
 import os
 import re
 import resource
@@ -143,7 +145,10 @@ class Fleet:
         self.steps: dict[int, StepRecord] = {}
         self.late = 0
         self.unexpected_closes = 0
+        self.retried = 0
         self.extra_handler: Callable[[WSClient, bytes, int], None] | None = None
+        # S4: sees every marked frame (and ours' hello) before the counting below.
+        self.observer: Callable[[WSClient, bytes, int, re.Match | None], bool] | None = None
         self.ready: dict[int, asyncio.Future[None]] = {}
 
     # -- frames ----------------------------------------------------------
@@ -153,8 +158,12 @@ class Fleet:
             ready = self.ready.get(client.index)
             if ready is not None and not ready.done():
                 ready.set_result(None)
+            if self.observer is not None:
+                self.observer(client, payload, now, None)
             return
         match = MARK.search(payload)
+        if self.observer is not None and not self.observer(client, payload, now, match):
+            return
         if match is None:
             if self.extra_handler is not None:
                 self.extra_handler(client, payload, now)
@@ -181,22 +190,33 @@ class Fleet:
             await asyncio.wait_for(self.ready.pop(index), 30)
         return client
 
-    async def connect_many(self, paths: list[str], concurrency: int) -> tuple[list[WSClient], float, int]:
-        """Open one socket per path, `concurrency` handshakes in flight; (clients, seconds, failures)."""
+    async def connect_many(
+        self, paths: list[str], concurrency: int, retries: int = 0
+    ) -> tuple[list[WSClient], float, int]:
+        """Open one socket per path, `concurrency` handshakes in flight; (clients, seconds, failures).
+
+        With `retries`, a refused or reset handshake is tried again after a pause
+        (scenarios that measure fan-out need every member, not handshake luck).
+        """
         semaphore = asyncio.Semaphore(concurrency)
         base = len(self.clients)
         failures = 0
 
         async def one(offset: int, path: str) -> WSClient | None:
             nonlocal failures
-            async with semaphore:
-                try:
-                    return await self.connect_one(base + offset, path)
-                except (OSError, TimeoutError, ConnectionError) as exc:
-                    failures += 1
-                    if failures <= 3:
-                        logger.warning("connect %s failed: %r", path, exc)
-                    return None
+            for attempt in range(retries + 1):
+                async with semaphore:
+                    try:
+                        return await self.connect_one(base + offset, path)
+                    except (OSError, TimeoutError, ConnectionError) as exc:
+                        if attempt < retries:
+                            self.retried += 1
+                        else:
+                            failures += 1
+                            if failures <= 3:
+                                logger.warning("connect %s failed: %r", path, exc)
+                await asyncio.sleep(0.5 * (attempt + 1))
+            return None
 
         started = time.perf_counter()
         results = await asyncio.gather(*(one(i, p) for i, p in enumerate(paths)))
@@ -276,8 +296,13 @@ async def fanout_run(job: dict[str, Any]) -> dict[str, Any]:
     meter = Meter(job["pids"])
     rooms: list[dict[str, Any]] = job["rooms"]
     paths = [room["path"] for room in rooms for _ in range(room["size"])]
-    _, connect_s, failures = await fleet.connect_many(paths, job.get("concurrency", 50))
-    result: dict[str, Any] = {"sockets": len(paths), "connect_s": round(connect_s, 3), "connect_failures": failures}
+    _, connect_s, failures = await fleet.connect_many(paths, job.get("concurrency", 10), retries=5)
+    result: dict[str, Any] = {
+        "sockets": len(paths),
+        "connect_s": round(connect_s, 3),
+        "connect_failures": failures,
+        "connect_retries": fleet.retried,
+    }
     if failures:
         result["error"] = f"{failures} of {len(paths)} sockets failed to connect"
         await fleet.close_all()
@@ -392,8 +417,9 @@ async def idle_run(job: dict[str, Any]) -> dict[str, Any]:
     await asyncio.sleep(job.get("settle_s", 1.0))
     rss_connected = meter.rss()
     cpu_before = meter.cpu()
-    open_before = fleet.open_count()
+    open_before = sum(1 for client in opened if client.is_open)
     await asyncio.sleep(job["idle_s"])
+    open_after = sum(1 for client in opened if client.is_open)
     cpu_idle = Meter.delta(cpu_before, meter.cpu())
     rss_idle = meter.rss()
     result = {
@@ -406,8 +432,8 @@ async def idle_run(job: dict[str, Any]) -> dict[str, Any]:
         "idle_s": job["idle_s"],
         "idle_cpu_s": cpu_idle,
         "idle_cpu_pct": {k: round(100 * v / job["idle_s"], 2) for k, v in cpu_idle.items()},
-        "open_after_idle": fleet.open_count(),
-        "closed_during_idle": open_before - fleet.open_count(),
+        "open_after_idle": open_after,
+        "closed_during_idle": open_before - open_after,
         "rss_before": rss_before,
         "rss_connected": rss_connected,
         "rss_idle": rss_idle,
@@ -420,7 +446,504 @@ async def idle_run(job: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-JOBS = {"s1": fanout_run, "s3": idle_run}
+# ---------------------------------------------------------------------------
+# S2: token relay
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class ReplyView:
+    """One member's view of the reply streaming into its room."""
+
+    pieces: list[str] = field(default_factory=list)
+    lengths: list[int] = field(default_factory=list)  # cumulative characters after each frame
+    times: list[int] = field(default_factory=list)
+    frames: int = 0
+    done: bool = False
+    final_text: str | None = None
+
+
+def reply_frame_handle(protocol: str, views: dict[int, ReplyView]) -> Callable[[WSClient, bytes, int], None]:
+    def handle(client: WSClient, payload: bytes, now: int) -> None:
+        view = views.get(client.index)
+        if view is None:
+            return
+        if protocol == "naive":
+            if not payload.startswith(b'{"token"'):
+                return
+            event = json.loads(payload)
+            if event["done"]:
+                view.done = True
+                return
+            text = event["token"]
+        else:
+            if b'"assistant.' not in payload[:40]:
+                return
+            event = json.loads(payload)
+            kind = event["type"]
+            if kind == "assistant.end":
+                view.done = True
+                view.final_text = event["message"]["text"]
+                return
+            if kind != "assistant.delta":
+                return
+            text = event["text"]
+        view.frames += 1
+        view.pieces.append(text)
+        view.lengths.append((view.lengths[-1] if view.lengths else 0) + len(text))
+        view.times.append(now)
+
+    return handle
+
+
+def upstream_read(path: str, keys: set[str], timeout: float) -> dict[str, dict[str, Any]]:
+    """The upstream's log entries for `keys` (it writes one line as each stream ends)."""
+    deadline = time.monotonic() + timeout
+    found: dict[str, dict[str, Any]] = {}
+    while True:
+        try:
+            with open(path) as log:
+                for line in log:
+                    entry = json.loads(line)
+                    if entry["key"] in keys:
+                        found[entry["key"]] = entry
+        except FileNotFoundError:
+            pass
+        if len(found) >= len(keys) or time.monotonic() > deadline:
+            return found
+        time.sleep(0.2)
+
+
+async def relay_run(job: dict[str, Any]) -> dict[str, Any]:
+    fleet = Fleet(job)
+    meter = Meter(job["pids"])
+    rooms: list[dict[str, Any]] = job["rooms"]
+    paths = [room["path"] for room in rooms for _ in range(room["size"])]
+    views: dict[int, ReplyView] = {}
+    fleet.extra_handler = reply_frame_handle(fleet.protocol, views)
+    _, connect_s, failures = await fleet.connect_many(paths, job.get("concurrency", 10), retries=5)
+    result: dict[str, Any] = {
+        "sockets": len(paths),
+        "connect_s": round(connect_s, 3),
+        "connect_failures": failures,
+        "connect_retries": fleet.retried,
+    }
+    if failures:
+        result["error"] = f"{failures} of {len(paths)} sockets failed to connect"
+        await fleet.close_all()
+        return result
+    await asyncio.sleep(job.get("settle_s", 1.0))
+    gc.collect()
+    gc.freeze()
+    for client in fleet.clients:
+        views[client.index] = ReplyView()
+    step = job["step"]
+    record = fleet.step_open(step, len(rooms) + 1)
+    keys: dict[int, str] = {}
+    cpu_before = meter.cpu()
+    started = time.monotonic()
+    offset = 0
+    for number, room in enumerate(rooms):
+        sender = fleet.clients[offset]
+        sent_at = now_us()
+        keys[number] = f"~{step}:{number}:{sent_at}~"
+        text = f"@assistant [[tokens={job['tokens']}]] [[tps={job['tps']}]] {keys[number]} {FILLER}"
+        sender.send_text(message_encode(fleet.protocol, text, f"r{step}.{number}"))
+        record.sent += 1
+        record.expected += room["size"]
+        offset += room["size"]
+    deadline = started + job["tokens"] / job["tps"] + job.get("grace_s", 20.0)
+    while time.monotonic() < deadline and not all(view.done for view in views.values()):
+        await asyncio.sleep(0.05)
+    wall = time.monotonic() - started
+    cpu = Meter.delta(cpu_before, meter.cpu())
+    messages = fleet.step_close(record)
+    sources = upstream_read(job["upstream_log"], set(keys.values()), timeout=5.0)
+
+    overheads = array("q")
+    intact = 0
+    frames = []
+    tokens_delivered = 0
+    offset = 0
+    for number, room in enumerate(rooms):
+        source = sources.get(keys[number])
+        members = fleet.clients[offset : offset + room["size"]]
+        offset += room["size"]
+        if source is None:
+            continue
+        text = "".join(source["pieces"])
+        ends = []
+        total = 0
+        for piece in source["pieces"]:
+            total += len(piece)
+            ends.append(total)
+        emitted = source["times"]
+        for client in members:
+            view = views[client.index]
+            frames.append(view.frames)
+            received = "".join(view.pieces)
+            if view.done and received == text:
+                intact += 1
+            # Each token counts as delivered by the first frame that completes it.
+            frame = 0
+            for token, end in enumerate(ends):
+                while frame < len(view.lengths) and view.lengths[frame] < end:
+                    frame += 1
+                if frame == len(view.lengths) or token >= len(emitted):
+                    break
+                overheads.append(view.times[frame] - emitted[token])
+                tokens_delivered += 1
+    server_cpu = cpu.get("server", 0) + cpu.get("redis", 0)
+    summary = latency_summary(overheads)
+    result.update(
+        {
+            "replies": len(rooms),
+            "members": rooms[0]["size"] if rooms else 0,
+            "replies_expected": len(paths),
+            "intact": intact,
+            "sources_found": len(sources),
+            "done": sum(1 for view in views.values() if view.done),
+            "overhead_p50_ms": summary["p50_ms"],
+            "overhead_p99_ms": summary["p99_ms"],
+            "overhead_max_ms": summary["max_ms"],
+            "frames_per_reply": round(sum(frames) / max(1, len(frames)), 1),
+            "tokens_per_reply": job["tokens"],
+            "tokens_delivered": tokens_delivered,
+            "server_cpu_per_token_us": round(1e6 * server_cpu / max(1, tokens_delivered), 2),
+            "cpu_s": cpu,
+            "wall_s": round(wall, 2),
+            "client_busy": round(cpu["client"] / max(wall, 1e-9), 3),
+            "messages": messages,
+            "open_sockets": fleet.open_count(),
+        }
+    )
+    print(
+        f"  {len(rooms)}x{result['members']}: overhead p50 {summary['p50_ms']:.1f} p99 {summary['p99_ms']:.1f} ms, "
+        f"intact {intact}/{len(paths)}, frames/reply {result['frames_per_reply']}",
+        file=sys.stderr,
+        flush=True,
+    )
+    await fleet.close_all()
+    return result
+
+
+# ---------------------------------------------------------------------------
+# S4: soak
+# ---------------------------------------------------------------------------
+
+MESSAGE_ID = re.compile(rb'"message":\{"id":(\d+)')
+HELLO_ID = re.compile(rb'"id":(\d+)')
+SOAK_STEP = 3000
+
+
+@dataclass
+class Member:
+    """One logical client of the soak: it may reconnect, it remembers what it saw."""
+
+    logical: int
+    capacity: int
+    client: WSClient | None = None
+    ready_at: int = 0
+    first_ready: int = 0
+    closing_at: int | None = None
+    last_id: int = 0
+    churning: bool = False
+    seen: bytearray = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.seen = bytearray(self.capacity)
+
+
+class Soak:
+    def __init__(self, job: dict[str, Any]) -> None:
+        self.job = job
+        self.fleet = Fleet(job)
+        self.meter = Meter(job["pids"])
+        room = job["rooms"][0]
+        self.path: str = room["path"]
+        self.size: int = room["size"]
+        self.seconds: float = job["seconds"]
+        self.message_rate = job["rate_dps"] / self.size
+        self.capacity = int(self.message_rate * self.seconds * 1.1) + 200
+        self.record = self.fleet.step_open(SOAK_STEP, self.capacity)
+        self.expected = array("I", [0]) * self.capacity
+        self.received = array("I", [0]) * self.capacity
+        self.sent_at = array("q", [0]) * self.capacity
+        self.members = [Member(i, self.capacity) for i in range(self.size)]
+        self.eligible_now = 0
+        self.reconnects = 0
+        self.reconnect_failures = 0
+        self.unexpected_closes = 0
+        self.reply_ends = 0
+        self.replies_sent = 0
+        self.fleet.observer = self.observe
+        self.fleet.extra_handler = self.reply_observe
+
+    # -- frames ------------------------------------------------------------
+    def observe(self, client: WSClient, payload: bytes, now: int, match: re.Match | None) -> bool:
+        member = self.members[client.index] if client.index < self.size else None
+        if member is None or member.client is not None and member.client is not client and member.ready_at:
+            return False
+        if match is None:
+            if self.fleet.protocol == "ours" and client.frames == 1:
+                # hello: what a resumed socket missed comes here, exactly once.
+                for found in MARK.finditer(payload):
+                    if int(found[1]) == SOAK_STEP and int(found[2]) < self.capacity:
+                        member.seen[int(found[2])] = 1
+                ids = [int(x) for x in HELLO_ID.findall(payload)]
+                if ids:
+                    member.last_id = max(member.last_id, *ids)
+            return True
+        if int(match[1]) != SOAK_STEP:
+            return True
+        number = int(match[2])
+        if number >= self.capacity:
+            return False
+        member.seen[number] = 1
+        if self.fleet.protocol == "ours":
+            found = MESSAGE_ID.search(payload)
+            if found:
+                member.last_id = max(member.last_id, int(found[1]))
+        sent = int(match[3])
+        if member.ready_at and member.ready_at < sent and (member.closing_at is None or sent < member.closing_at):
+            self.received[number] += 1
+            return True
+        return False
+
+    def reply_observe(self, client: WSClient, payload: bytes, now: int) -> None:
+        if b'"done": true' in payload or b'"type":"assistant.end"' in payload[:40]:
+            self.reply_ends += 1
+
+    # -- membership --------------------------------------------------------
+    def member_ready(self, member: Member, client: WSClient) -> None:
+        member.client = client
+        member.ready_at = now_us()
+        member.first_ready = member.first_ready or member.ready_at
+        member.closing_at = None
+        self.eligible_now += 1
+
+    def member_leaving(self, member: Member) -> None:
+        if member.closing_at is None and member.ready_at:
+            member.closing_at = now_us()
+            self.eligible_now -= 1
+
+    async def member_connect(self, member: Member) -> bool:
+        path = self.path
+        if self.fleet.protocol == "ours" and member.last_id:
+            path += f"?after={member.last_id}"
+        member.ready_at = 0
+        for attempt in range(5):
+            try:
+                client = await self.fleet.connect_one(member.logical, path)
+            except (OSError, TimeoutError, ConnectionError):
+                await asyncio.sleep(0.5 * (attempt + 1))
+                continue
+            self.member_ready(member, client)
+            return True
+        return False
+
+    async def member_churn(self, member: Member, grace: float) -> None:
+        member.churning = True
+        try:
+            self.member_leaving(member)
+            # Stay open a little: messages already sent to it must still arrive.
+            await asyncio.sleep(grace)
+            if member.client is not None:
+                member.client.close()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(member.client.closed), 5)
+            await asyncio.sleep(0.2)
+            if await self.member_connect(member):
+                self.reconnects += 1
+            else:
+                self.reconnect_failures += 1
+        finally:
+            member.churning = False
+
+    async def watch_closes(self, stop: asyncio.Event) -> None:
+        """Sockets the server closed on its own: count them, then reconnect (and resume)."""
+        while not stop.is_set():
+            for member in self.members:
+                client = member.client
+                if client is not None and client.closed.done() and not member.churning:
+                    self.unexpected_closes += 1
+                    member.client = None
+                    self.member_leaving(member)
+                    member.churning = True
+                    asyncio.ensure_future(self.member_reconnect(member))
+            await asyncio.sleep(0.5)
+
+    async def member_reconnect(self, member: Member) -> None:
+        try:
+            if await self.member_connect(member):
+                self.reconnects += 1
+            else:
+                self.reconnect_failures += 1
+        finally:
+            member.churning = False
+
+    # -- the run -------------------------------------------------------------
+    def send(self, text_extra: str = "") -> None:
+        number = self.record.sent
+        if number >= self.capacity:
+            return
+        sender = self.members[0].client
+        if sender is None or not sender.is_open:
+            return
+        self.expected[number] = self.eligible_now
+        self.sent_at[number] = now_us()
+        self.fleet.marked_send(self.record, sender, self.eligible_now, text_extra)
+
+    async def window_sample(self, redis_client: Any, started: float, latencies_from: int) -> dict[str, Any]:
+        latencies = self.record.latencies[latencies_from:]
+        summary = latency_summary(array("q", latencies))
+        keys = None
+        if redis_client is not None:
+            with contextlib.suppress(Exception):
+                keys = int(await redis_client.dbsize())
+        rss = self.meter.rss()
+        return {
+            "t": round(time.monotonic() - started, 1),
+            "sent": self.record.sent,
+            "deliveries": len(latencies),
+            "p50_ms": summary["p50_ms"],
+            "p99_ms": summary["p99_ms"],
+            "rss_server": rss.get("server", 0),
+            "rss_redis": rss.get("redis", 0),
+            "redis_keys": keys,
+            "open": sum(1 for m in self.members if m.client is not None and m.client.is_open),
+            "cpu": self.meter.cpu(),
+        }
+
+    async def run(self) -> dict[str, Any]:
+        job = self.job
+        fleet = self.fleet
+        semaphore = asyncio.Semaphore(10)
+
+        async def first(member: Member) -> bool:
+            async with semaphore:
+                return await self.member_connect(member)
+
+        connected = await asyncio.gather(*(first(m) for m in self.members))
+        if not all(connected):
+            return {"error": f"{connected.count(False)} of {self.size} sockets failed to connect"}
+        redis_client = None
+        if job.get("redis_port"):
+            import redis.asyncio as aioredis
+
+            redis_client = aioredis.Redis(host="127.0.0.1", port=job["redis_port"], socket_timeout=5)
+        await asyncio.sleep(1.0)
+        gc.collect()
+        gc.freeze()
+        stop = asyncio.Event()
+        watcher = asyncio.ensure_future(self.watch_closes(stop))
+        churn_interval = 60.0 / max(1e-9, job["churn_per_min"] * self.size)
+        next_churn = time.monotonic() + churn_interval
+        next_reply = time.monotonic() + job["reply_every_s"] / 2
+        window_s = job["window_s"]
+        started = time.monotonic()
+        next_window = started + window_s
+        latencies_from = 0
+        windows = []
+        churns: set[asyncio.Task] = set()
+        rng = __import__("random").Random(5)
+        while (now := time.monotonic()) < started + self.seconds:
+            due = int((now - started) * self.message_rate) + 1
+            while self.record.sent < min(due, self.capacity - 1):
+                self.send()
+            if now >= next_reply:
+                next_reply += job["reply_every_s"]
+                self.replies_sent += 1
+                self.send(f"@assistant [[tokens={job['reply_tokens']}]] [[tps=60]] ")
+            if now >= next_churn:
+                next_churn += churn_interval
+                member = self.members[rng.randrange(1, self.size)]
+                if not member.churning and member.client is not None:
+                    task = asyncio.ensure_future(self.member_churn(member, grace=2.0))
+                    churns.add(task)
+                    task.add_done_callback(churns.discard)
+            if now >= next_window:
+                next_window += window_s
+                windows.append(await self.window_sample(redis_client, started, latencies_from))
+                latencies_from = len(self.record.latencies)
+            await asyncio.sleep(0.005)
+        # Drain: let in-flight deliveries, churns and replies finish.
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and (churns or sum(self.received) < sum(self.expected[: self.record.sent])):
+            await asyncio.sleep(0.1)
+        stop.set()
+        await watcher
+        sent = self.record.sent
+        lost = sum(max(0, self.expected[n] - self.received[n]) for n in range(sent))
+        dupes = sum(max(0, self.received[n] - self.expected[n]) for n in range(sent))
+        # Coverage: every message sent while a logical client existed reached it live or in its resume.
+        gaps = 0
+        cutoff = self.sent_at[sent - 1] - 3_000_000 if sent else 0
+        for member in self.members:
+            for n in range(sent):
+                if member.first_ready < self.sent_at[n] < cutoff and not member.seen[n]:
+                    gaps += 1
+        result = {
+            "seconds": self.seconds,
+            "rate_dps": job["rate_dps"],
+            "sockets": self.size,
+            "sent": sent,
+            "expected": sum(self.expected[:sent]),
+            "delivered": sum(self.received[:sent]),
+            "lost": lost,
+            "dupes": dupes,
+            "coverage_gaps": gaps,
+            "reconnects": self.reconnects,
+            "reconnect_failures": self.reconnect_failures,
+            "unexpected_closes": self.unexpected_closes,
+            "replies_sent": self.replies_sent,
+            "reply_ends": self.reply_ends,
+            "windows": windows,
+            "drift": drift_compute(windows),
+        }
+        if redis_client is not None:
+            await redis_client.aclose()
+        for member in self.members:
+            if member.client is not None:
+                fleet.clients.append(member.client)
+        await fleet.close_all()
+        return result
+
+
+def drift_compute(windows: list[dict[str, Any]]) -> dict[str, Any]:
+    """First quarter of the windows against the last quarter: is anything climbing?"""
+    if len(windows) < 4:
+        return {"no_upward_drift": None, "note": "too few windows"}
+    quarter = max(1, len(windows) // 4)
+    # The first window includes warm-up (imports, caches): compare from the second.
+    head, tail = windows[1 : 1 + quarter], windows[-quarter:]
+
+    def mean(rows: list[dict[str, Any]], key: str) -> float:
+        values = [row[key] for row in rows if row.get(key) is not None and not math.isnan(row[key])]
+        return sum(values) / len(values) if values else float("nan")
+
+    out = {
+        "p99_first_ms": mean(head, "p99_ms"),
+        "p99_last_ms": mean(tail, "p99_ms"),
+        "rss_first_mib": mean(head, "rss_server") / 2**20,
+        "rss_last_mib": mean(tail, "rss_server") / 2**20,
+        "keys_first": mean(head, "redis_keys"),
+        "keys_last": mean(tail, "redis_keys"),
+    }
+    rss_ok = out["rss_last_mib"] <= max(out["rss_first_mib"] * 1.10, out["rss_first_mib"] + 5)
+    p99_ok = out["p99_last_ms"] <= max(out["p99_first_ms"] * 1.5, out["p99_first_ms"] + 20)
+    keys_ok = math.isnan(out["keys_first"]) or out["keys_last"] <= out["keys_first"] * 1.10 + 5
+    out.update(
+        {"rss_ok": rss_ok, "p99_ok": p99_ok, "keys_ok": keys_ok, "no_upward_drift": rss_ok and p99_ok and keys_ok}
+    )
+    return out
+
+
+async def soak_run(job: dict[str, Any]) -> dict[str, Any]:
+    return await Soak(job).run()
+
+
+JOBS = {"s1": fanout_run, "s2": relay_run, "s3": idle_run, "s4": soak_run}
 
 
 def main() -> None:

@@ -1,7 +1,486 @@
+"""The report: one Markdown file with a table per scenario, the targets of issue #5 as
+ratios from the same run with PASS/MISS, and a PNG chart of the main figures."""
+
+from __future__ import annotations
+
+import math
 from pathlib import Path
+from typing import Any
+
+ROW_ORDER = ("ceiling", "naive", "ours", "ours-core")
+LATENCY_LIMIT_MS = 100.0
 
 
-def report_write(results, out: Path, stem: str) -> Path:
+def _num(value: Any, digits: int = 0) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if isinstance(value, (int, float)):
+        return f"{value:,.{digits}f}"
+    return str(value)
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or b == 0 or (isinstance(a, float) and math.isnan(a)):
+        return None
+    return a / b
+
+
+def _verdict(ok: bool | None) -> str:
+    return "–" if ok is None else ("**PASS**" if ok else "**MISS**")
+
+
+def _rows(table: dict[str, Any]) -> list[str]:
+    return sorted(table, key=lambda name: ROW_ORDER.index(name) if name in ROW_ORDER else 99)
+
+
+# ---------------------------------------------------------------------------
+# S1
+
+
+def s1_summary(result: dict[str, Any]) -> dict[str, Any]:
+    """Knee (highest target rate with p99 < 100 ms, no drops, drained), peak, probe, drops."""
+    steps = result.get("steps") or []
+    knee = None
+    for step in steps:
+        if step["p99_ms"] < LATENCY_LIMIT_MS and not step["drops"] and step["drained"]:
+            knee = step["rate_target"]
+    probe = result.get("probe") or {}
+    busiest = max((step.get("client_busy", 0) for step in steps), default=0)
+    return {
+        "knee": knee,
+        "peak": max((step["achieved_dps"] for step in steps), default=None),
+        "probe_p50": probe.get("p50_ms"),
+        "probe_p99": probe.get("p99_ms"),
+        "probe_all_p99": probe.get("all_p99_ms"),
+        "drops": sum(step["drops"] for step in steps) + probe.get("drops", 0),
+        "cpu_per_delivery": min((s["server_cpu_per_delivery_us"] for s in steps), default=None),
+        "client_busy": busiest,
+        "last_rate": steps[-1]["rate_target"] if steps else None,
+    }
+
+
+def s1_section(s1: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
+    lines = ["## S1 fan-out", ""]
+    lines += [
+        "One socket per room sends at a rising rate; every member (the sender too) receives every message. "
+        "*Knee*: the highest offered rate at which p99 end-to-end latency stayed under 100 ms with nothing lost. "
+        "*Peak*: the most deliveries/s achieved at any step. *One message*: one message at a time into the first "
+        "room, latency of every delivery (p50/p99) and until the last member had it (all p99).",
+        "",
+    ]
+    verdicts: list[dict[str, Any]] = []
+    for config, table in s1.items():
+        size, count = config.split("x")
+        lines += [f"### {size} members × {count} room(s)", ""]
+        lines += [
+            "| row | knee dps (p99<100ms) | peak dps | one msg p50 / p99 ms | one msg to all p99 ms "
+            "| drops | server µs CPU/delivery | client busy max | targets |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        ]
+        summaries = {name: s1_summary(r) for name, r in table.items() if "error" not in r}
+        ceiling = summaries.get("ceiling", {})
+        naive = summaries.get("naive", {})
+        for name in _rows(table):
+            result = table[name]
+            if "error" in result:
+                lines.append(f"| {name} | error: {result['error']} | | | | | | | |")
+                continue
+            s = summaries[name]
+            notes = []
+            if name.startswith("ours") and size == "1000":
+                checks = s1_targets(s, ceiling, naive)
+                for check in checks:
+                    check.update({"scenario": "S1", "row": name, "config": config})
+                verdicts += checks
+                notes = [f"{c['what']}: {c['shown']} {_verdict(c['ok'])}" for c in checks]
+            elif name == "naive" and ceiling.get("peak"):
+                notes = [f"peak {(_ratio(s['peak'], ceiling['peak']) or 0):.3f}× ceiling"]
+            knee = _num(s["knee"]) if s["knee"] else "never"
+            lines.append(
+                f"| {name} | {knee} | {_num(s['peak'])} | {_num(s['probe_p50'], 1)} / {_num(s['probe_p99'], 1)} "
+                f"| {_num(s['probe_all_p99'], 1)} | {_num(s['drops'])} | {_num(s['cpu_per_delivery'], 1)} "
+                f"| {s['client_busy']:.0%} | {'<br>'.join(notes)} |"
+            )
+        lines.append("")
+        lines += s1_steps_detail(table)
+    return lines, verdicts
+
+
+def s1_targets(s: dict[str, Any], ceiling: dict[str, Any], naive: dict[str, Any]) -> list[dict[str, Any]]:
+    knee_ratio = _ratio(s["knee"] or 0, ceiling.get("knee"))
+    peak_ratio = _ratio(s["peak"], naive.get("peak"))
+    probe_ratio = _ratio(s["probe_p99"], ceiling.get("probe_p99"))
+    return [
+        {
+            "what": "knee ≥ 0.3× ceiling",
+            "ratio": knee_ratio,
+            "shown": f"{knee_ratio:.2f}×" if knee_ratio is not None else "n/a",
+            "ok": None if knee_ratio is None else knee_ratio >= 0.3,
+        },
+        {
+            "what": "peak ≥ 10× naive",
+            "ratio": peak_ratio,
+            "shown": f"{peak_ratio:.1f}×" if peak_ratio is not None else "n/a",
+            "ok": None if peak_ratio is None else peak_ratio >= 10,
+        },
+        {
+            "what": "one-message p99 ≤ 3× ceiling",
+            "ratio": probe_ratio,
+            "shown": f"{probe_ratio:.2f}×" if probe_ratio is not None else "n/a",
+            "ok": None if probe_ratio is None else probe_ratio <= 3,
+        },
+        {"what": "drops = 0", "ratio": None, "shown": _num(s["drops"]), "ok": s["drops"] == 0},
+    ]
+
+
+def s1_steps_detail(table: dict[str, Any]) -> list[str]:
+    lines = ["<details><summary>every step</summary>", ""]
+    lines += [
+        "| row | offered dps | achieved dps | p50 ms | p99 ms | max ms | drops | server CPU s | redis CPU s "
+        "| client busy | other load on server core |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name in _rows(table):
+        for step in table[name].get("steps") or []:
+            cpu = step.get("cpu_s", {})
+            others = None
+            if "core0" in cpu:
+                others = max(0.0, cpu["core0"] - cpu.get("server", 0) - cpu.get("redis", 0)) / step["wall_s"]
+            lines.append(
+                f"| {name} | {_num(step['rate_target'])} | {_num(step['achieved_dps'])} | {_num(step['p50_ms'], 1)} "
+                f"| {_num(step['p99_ms'], 1)} | {_num(step['max_ms'], 1)} | {_num(step['drops'])} "
+                f"| {_num(cpu.get('server'), 2)} | {_num(cpu.get('redis'), 2)} | {step['client_busy']:.0%} "
+                f"| {'–' if others is None else f'{others:.0%}'} |"
+            )
+    lines += ["", "</details>", ""]
+    return lines
+
+
+# ---------------------------------------------------------------------------
+# S2
+
+
+def s2_section(s2: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
+    lines = ["## S2 token relay", ""]
+    lines += [
+        "K replies stream at once from the fake OpenAI-wire server (60 tokens/s each) into rooms of M members. "
+        "*Overhead*: time from the upstream emitting a token to a member receiving it. *Frames/reply*: frames one "
+        "member received per reply. *Intact*: replies whose reassembled text equals the source, over all members.",
+        "",
+        "| row | K×M | overhead p50 / p99 ms | frames/reply | server µs CPU per delivered token | intact "
+        "| tokens delivered | notes |",
+        "|---|---|---:|---:|---:|---:|---:|---|",
+    ]
+    verdicts: list[dict[str, Any]] = []
+    naive_ok: dict[str, float] = {}
+    for config, table in s2.items():
+        for name in _rows(table):
+            r = table[name]
+            if "error" in r:
+                lines.append(f"| {name} | {config} | error: {r['error']} | | | | | |")
+                continue
+            lines.append(
+                f"| {name} | {config} | {_num(r.get('overhead_p50_ms'), 1)} / {_num(r.get('overhead_p99_ms'), 1)} "
+                f"| {_num(r.get('frames_per_reply'), 1)} | {_num(r.get('server_cpu_per_token_us'), 1)} "
+                f"| {r.get('intact', 0)}/{r.get('replies_expected', 0)} | {_num(r.get('tokens_delivered'))} "
+                f"| {r.get('note', '')} |"
+            )
+            if name == "naive":
+                naive_ok[config] = r.get("overhead_p99_ms") or float("nan")
+    lines.append("")
+    # Concurrency each row sustains at the naive design's overhead (p99 within naive's, text intact).
+    sustained: dict[str, int] = {}
+    for config, table in s2.items():
+        replies = int(config.split("x")[0])
+        for name, r in table.items():
+            if "error" in r or r.get("intact") != r.get("replies_expected"):
+                continue
+            limit = max(naive_ok.values(), default=float("nan"))
+            if r.get("overhead_p99_ms", math.inf) <= max(limit, LATENCY_LIMIT_MS):
+                sustained[name] = max(sustained.get(name, 0), replies)
+    if sustained:
+        lines += [
+            "Concurrent replies sustained with p99 overhead at or under the naive design's worst "
+            f"(or {LATENCY_LIMIT_MS:.0f} ms) and every text intact: "
+            + ", ".join(f"{name} {count}" for name, count in sorted(sustained.items())),
+            "",
+        ]
+    for name in [n for n in sustained if n.startswith("ours")] + [
+        n for t in s2.values() for n in t if n.startswith("ours") and n not in sustained
+    ]:
+        ratio = _ratio(sustained.get(name, 0), sustained.get("naive"))
+        intact = all(t[name].get("intact") == t[name].get("replies_expected") for t in s2.values() if name in t)
+        verdicts.append(
+            {
+                "scenario": "S2",
+                "row": name,
+                "what": "≥ 5× naive's concurrent replies at the same overhead, texts intact",
+                "ratio": ratio,
+                "shown": f"{ratio:.1f}×" if ratio is not None else "n/a (naive sustained none)",
+                "ok": (ratio is not None and ratio >= 5 and intact) if ratio is not None else None,
+            }
+        )
+    return lines, _dedupe(verdicts)
+
+
+# ---------------------------------------------------------------------------
+# S3
+
+
+def s3_section(s3: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
+    lines = ["## S3 idle connections", ""]
+    lines += [
+        "N sockets connect (50 handshakes in flight) and then sit idle. *Memory/conn*: server RSS growth / N "
+        "(Redis's growth shown apart). *Held*: sockets still open after the idle window.",
+        "",
+        "| row | N | KiB/conn (server) | KiB/conn (redis) | handshakes/s | idle CPU % | held | targets |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    verdicts: list[dict[str, Any]] = []
+    for size, table in s3.items():
+        ceiling = table.get("ceiling", {})
+        for name in _rows(table):
+            r = table[name]
+            if "error" in r:
+                lines.append(f"| {name} | {size} | error: {r['error']} | | | | | |")
+                continue
+            per_conn = r["rss_per_conn_bytes"].get("server", 0) / 1024
+            redis = r["rss_per_conn_bytes"].get("redis")
+            notes = []
+            if name.startswith("ours") and "rss_per_conn_bytes" in ceiling:
+                ratio = _ratio(per_conn, ceiling["rss_per_conn_bytes"]["server"] / 1024)
+                ok = ratio is not None and ratio <= 2
+                notes.append(f"memory ≤ 2× ceiling: {ratio:.2f}× {_verdict(ok)}")
+                verdicts.append(
+                    {
+                        "scenario": "S3",
+                        "row": name,
+                        "config": size,
+                        "what": f"memory/conn ≤ 2× ceiling at {size}",
+                        "ratio": ratio,
+                        "shown": f"{ratio:.2f}×",
+                        "ok": ok,
+                    }
+                )
+                if int(size) >= 10000:
+                    held = r["open_after_idle"] >= r["sockets"]
+                    notes.append(f"holds {size}: {_verdict(held)}")
+                    verdicts.append(
+                        {
+                            "scenario": "S3",
+                            "row": name,
+                            "config": size,
+                            "what": "holds 10k sockets",
+                            "ratio": None,
+                            "shown": f"{r['open_after_idle']}",
+                            "ok": held,
+                        }
+                    )
+            elif name == "naive" and "rss_per_conn_bytes" in ceiling:
+                ratio = _ratio(per_conn, ceiling["rss_per_conn_bytes"]["server"] / 1024)
+                notes.append(f"{ratio:.2f}× ceiling")
+            idle = r["idle_cpu_pct"].get("server", 0) + r["idle_cpu_pct"].get("redis", 0)
+            held = r["open_after_idle"]
+            lines.append(
+                f"| {name} | {size} | {per_conn:.1f} | {_num(redis / 1024 if redis else None, 1)} "
+                f"| {_num(r['handshakes_per_s'])} | {idle:.1f} | {max(held, 0)}/{r['sockets']} | {'<br>'.join(notes)} |"
+            )
+    lines.append("")
+    return lines, verdicts
+
+
+# ---------------------------------------------------------------------------
+# S4
+
+
+def s4_section(s4: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
+    lines = ["## S4 soak", ""]
+    lines += [
+        "Half of the row's S1 knee (1000-member room; a fixed rate where it has none), 10%/min reconnect churn "
+        "and replies streaming. Drift compares the last quarter of the run with the first.",
+        "",
+        "| row | seconds | rate dps | p99 first→last ms | RSS first→last MiB | redis keys first→last "
+        "| lost | dupes | reconnects | targets |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    verdicts: list[dict[str, Any]] = []
+    for name in _rows(s4):
+        r = s4[name]
+        if "error" in r:
+            lines.append(f"| {name} | error: {r['error']} | | | | | | | | |")
+            continue
+        d = r.get("drift", {})
+        notes = []
+        if name.startswith("ours"):
+            ok = bool(d.get("no_upward_drift")) and r.get("lost", 1) == 0
+            notes.append(f"no upward drift, zero loss: {_verdict(ok)}")
+            verdicts.append(
+                {
+                    "scenario": "S4",
+                    "row": name,
+                    "what": "no upward drift, zero loss",
+                    "ratio": None,
+                    "shown": "",
+                    "ok": ok,
+                }
+            )
+        lines.append(
+            f"| {name} | {_num(r.get('seconds'))} | {_num(r.get('rate_dps'))} "
+            f"| {_num(d.get('p99_first_ms'), 1)} → {_num(d.get('p99_last_ms'), 1)} "
+            f"| {_num(d.get('rss_first_mib'), 1)} → {_num(d.get('rss_last_mib'), 1)} "
+            f"| {_num(d.get('keys_first'))} → {_num(d.get('keys_last'))} | {_num(r.get('lost'))} "
+            f"| {_num(r.get('dupes'))} | {_num(r.get('reconnects'))} | {'<br>'.join(notes)} |"
+        )
+    lines.append("")
+    return lines, verdicts
+
+
+def _dedupe(verdicts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    seen, out = set(), []
+    for v in verdicts:
+        key = (v["scenario"], v["row"], v["what"])
+        if key not in seen:
+            seen.add(key)
+            out.append(v)
+    return out
+
+
+# ---------------------------------------------------------------------------
+
+
+def report_write(results: dict[str, Any], out: Path, stem: str) -> Path:
+    meta = results["meta"]
+    lines = [f"# Benchmark report {meta['started']}", ""]
+    mode = "quick (smoke sizes, not for comparison)" if meta["quick"] else "full"
+    lines += [
+        f"Mode: {mode}. Duration {meta.get('duration_s', 0):.0f} s. "
+        f"Server pinned to core {meta['cores']['server']} (Redis too), load generator on core "
+        f"{meta['cores']['client']}; {meta['machine']['cpus']} cores, {meta['machine']['platform']}. "
+        f"Ours' database: {meta.get('ours_db')}.",
+        "",
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()) + ".",
+        "",
+    ]
+    if meta.get("skipped_targets"):
+        lines += ["Skipped rows: " + "; ".join(f"{k}: {v}" for k, v in meta["skipped_targets"].items()), ""]
+    lines += [
+        "Ratios are taken between rows of this same run; absolute numbers move with the machine "
+        "(it is shared: the *other load* column of S1's steps shows what else ran on the server core).",
+        "",
+        f"![chart]({stem}.png)",
+        "",
+    ]
+    sections = {"S1": s1_section, "S2": s2_section, "S3": s3_section, "S4": s4_section}
+    verdicts: list[dict[str, Any]] = []
+    body: list[str] = []
+    for name, section in sections.items():
+        data = results.get(name)
+        if data is None:
+            continue
+        if "error" in data and len(data) == 1:
+            body += [f"## {name}", "", f"Not run: {data['error']}", ""]
+            continue
+        part, found = section(data)
+        body += part
+        verdicts += found
+    if verdicts:
+        lines += [
+            "## Targets of issue #5",
+            "",
+            "| scenario | row | target | ratio | verdict |",
+            "|---|---|---|---|---|",
+        ]
+        for v in verdicts:
+            where = f" ({v['config']})" if v.get("config") else ""
+            lines.append(f"| {v['scenario']}{where} | {v['row']} | {v['what']} | {v['shown']} | {_verdict(v['ok'])} |")
+        lines.append("")
+    lines += body
+    if results.get("profile"):
+        lines += ["## Profiles", "", *results["profile"], ""]
     path = out / f"{stem}.md"
-    path.write_text("stub\n")
+    path.write_text("\n".join(lines) + "\n")
+    try:
+        chart_write(results, out / f"{stem}.png")
+    except Exception as exc:  # noqa: BLE001 - a chart failure must not lose the report
+        path.write_text(path.read_text() + f"\n(chart failed: {exc!r})\n")
     return path
+
+
+COLORS = {"ceiling": "#2b8a3e", "naive": "#c92a2a", "ours": "#1c7ed6", "ours-core": "#7048e8"}
+
+
+def chart_write(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(13, 9))
+    ax = axes[0][0]
+    s1 = results.get("S1") or {}
+    first = next((v for k, v in s1.items() if k.startswith("1000x")), None)
+    if first:
+        for name in _rows(first):
+            steps = first[name].get("steps") or []
+            if steps:
+                ax.plot(
+                    [s["achieved_dps"] for s in steps],
+                    [max(s["p99_ms"], 0.1) for s in steps],
+                    "o-",
+                    color=COLORS.get(name),
+                    label=name,
+                )
+        ax.axhline(LATENCY_LIMIT_MS, color="grey", linestyle="--", linewidth=1)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("deliveries/s achieved")
+        ax.set_ylabel("p99 latency (ms)")
+        ax.set_title("S1: 1000-member room, p99 vs load")
+        ax.legend()
+    ax = axes[0][1]
+    if s1:
+        configs = list(s1)
+        rows = [n for n in ROW_ORDER if any(n in s1[c] for c in configs)]
+        width = 0.8 / max(1, len(rows))
+        for i, name in enumerate(rows):
+            peaks = [s1_summary(s1[c][name])["peak"] or 0 if name in s1[c] else 0 for c in configs]
+            ax.bar([x + i * width for x in range(len(configs))], peaks, width, color=COLORS.get(name), label=name)
+        ax.set_xticks([x + width * (len(rows) - 1) / 2 for x in range(len(configs))])
+        ax.set_xticklabels([c.replace("x", " members × ") + " rooms" for c in configs])
+        ax.set_yscale("log")
+        ax.set_ylabel("peak deliveries/s")
+        ax.set_title("S1: peak deliveries/s")
+        ax.legend()
+    ax = axes[1][0]
+    s2 = results.get("S2") or {}
+    if s2 and not ("error" in s2 and len(s2) == 1):
+        configs = list(s2)
+        rows = [n for n in ROW_ORDER if any(n in s2[c] for c in configs)]
+        width = 0.8 / max(1, len(rows))
+        for i, name in enumerate(rows):
+            values = [(s2[c].get(name) or {}).get("overhead_p99_ms") or 0 for c in configs]
+            ax.bar([x + i * width for x in range(len(configs))], values, width, color=COLORS.get(name), label=name)
+        ax.set_xticks([x + width * (len(rows) - 1) / 2 for x in range(len(configs))])
+        ax.set_xticklabels([c.replace("x", " replies × ") + " members" for c in configs])
+        ax.set_ylabel("relay overhead p99 (ms)")
+        ax.set_title("S2: token relay overhead")
+        ax.legend()
+    else:
+        ax.set_visible(False)
+    ax = axes[1][1]
+    s3 = results.get("S3") or {}
+    if s3:
+        sizes = list(s3)
+        rows = [n for n in ROW_ORDER if any(n in s3[s] for s in sizes)]
+        width = 0.8 / max(1, len(rows))
+        for i, name in enumerate(rows):
+            values = [((s3[s].get(name) or {}).get("rss_per_conn_bytes") or {}).get("server", 0) / 1024 for s in sizes]
+            ax.bar([x + i * width for x in range(len(sizes))], values, width, color=COLORS.get(name), label=name)
+        ax.set_xticks([x + width * (len(rows) - 1) / 2 for x in range(len(sizes))])
+        ax.set_xticklabels([f"{s} sockets" for s in sizes])
+        ax.set_ylabel("KiB per idle connection")
+        ax.set_title("S3: memory per idle connection")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)

@@ -104,16 +104,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         runners = {
             "S1": scenarios.s1_fanout,
-            "S2": getattr(scenarios, "s2_tokens", None),
+            "S2": scenarios.s2_tokens,
             "S3": scenarios.s3_idle,
-            "S4": getattr(scenarios, "s4_soak", None),
+            "S4": scenarios.s4_soak,
         }
         for name in chosen:
             runner = runners[name]
             if runner is None:
                 results[name] = {"error": "not implemented yet"}
                 continue
-            results[name] = runner(ctx, plan, targets)
+            if name == "S4":
+                results[name] = runner(ctx, plan, targets, results.get("S1"))
+            else:
+                results[name] = runner(ctx, plan, targets)
     finally:
         procs.stop_all()
     results["meta"]["duration_s"] = round(time.monotonic() - clock, 1)

@@ -36,6 +36,10 @@ class Plan:
     s2_configs: list[tuple[int, int]]  # (concurrent replies, members per room)
     s2_tokens: int
     s4_seconds: float
+    s4_members: int = 1000
+    s4_window_s: float = 10.0
+    s4_reply_every_s: float = 10.0
+    s4_fallback_dps: int = 500
 
     @classmethod
     def build(cls, quick: bool) -> Plan:
@@ -50,9 +54,12 @@ class Plan:
                 s1_stop_p99_ms=2000,
                 s3_sizes=[1000],
                 s3_idle_s=3.0,
-                s2_configs=[(5, 10)],
+                s2_configs=[(1, 10), (5, 10)],
                 s2_tokens=60,
-                s4_seconds=20,
+                s4_seconds=30,
+                s4_members=200,
+                s4_window_s=3.0,
+                s4_reply_every_s=5.0,
             )
         return cls(
             quick=False,
@@ -65,7 +72,7 @@ class Plan:
             s1_stop_p99_ms=2000,
             s3_sizes=[1000, 5000, 10000],
             s3_idle_s=30.0,
-            s2_configs=[(10, 20), (50, 20), (100, 10)],
+            s2_configs=[(1, 20), (2, 20), (5, 20), (10, 20), (20, 20), (50, 20), (100, 20)],
             s2_tokens=300,
             s4_seconds=600,
         )
@@ -177,4 +184,105 @@ def s3_idle(ctx: Context, plan: Plan, targets: list[Target]) -> dict[str, Any]:
                 return result
 
             out[str(size)][target.name] = with_server(ctx, target, rooms, run)
+    return out
+
+
+def upstream_start(ctx: Context) -> subprocess.Popen:
+    """The stamping fake OpenAI-wire server, on the client core (it is the outside world)."""
+    log = ctx.workdir / "upstream.jsonl"
+    proc = subprocess.Popen(
+        [procs.PYTHON, "-m", "bench.upstream", "--port", "0", "--tokens-per-second", "60", "--log", str(log)],
+        cwd=procs.REPO,
+        stdout=subprocess.PIPE,
+        stderr=open(ctx.workdir / "upstream.err", "ab"),  # noqa: SIM115
+        text=True,
+        preexec_fn=lambda: procs.os.sched_setaffinity(0, {ctx.client_core}),  # noqa: PLW1509
+        start_new_session=True,
+    )
+    procs._children.append(proc)  # noqa: SLF001
+    port = int(proc.stdout.readline().strip())
+    ctx.openai_base_url = f"http://127.0.0.1:{port}/v1"
+    ctx.upstream_log = str(log)
+    return proc
+
+
+def s2_tokens(ctx: Context, plan: Plan, targets: list[Target]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    upstream = upstream_start(ctx)
+    failed: set[str] = set()
+    try:
+        for step, (replies, members) in enumerate(plan.s2_configs, start=1):
+            key = f"{replies}x{members}"
+            out[key] = {}
+            rooms = [f"s2-{i}" for i in range(replies)]
+            for target in targets:
+                if target.name in failed:
+                    out[key][target.name] = {"error": "skipped: failed at a lower concurrency"}
+                    continue
+                print(f"S2 {key} {target.name}", file=sys.stderr, flush=True)
+
+                def run(server: Server, rooms: list[str] = rooms, members: int = members, step: int = step) -> dict:
+                    job = {
+                        **server_job(server),
+                        "kind": "s2",
+                        "rooms": [{"path": server.room_path(room), "size": members} for room in rooms],
+                        "tokens": plan.s2_tokens,
+                        "tps": 60,
+                        "step": 1000 + step,
+                        "upstream_log": ctx.upstream_log,
+                    }
+                    return loadgen_run(ctx, job, timeout=120 + plan.s2_tokens / 60 + len(rooms) * members / 50)
+
+                result = with_server(ctx, target, rooms, run)
+                out[key][target.name] = result
+                if (
+                    "error" in result
+                    or result.get("intact") != result.get("replies_expected")
+                    or (result.get("overhead_p99_ms") or 0) > 2000
+                ):
+                    failed.add(target.name)
+    finally:
+        procs.stop(upstream)
+    return out
+
+
+def s1_knee(s1: dict[str, Any] | None, target: str) -> int | None:
+    """The row's S1 knee in the 1000-member room: highest offered rate with p99 < 100 ms, nothing lost."""
+    table = (s1 or {}).get("1000x1", {})
+    knee = None
+    for step in (table.get(target) or {}).get("steps") or []:
+        if step["p99_ms"] < 100 and not step["drops"] and step["drained"]:
+            knee = step["rate_target"]
+    return knee
+
+
+def s4_soak(ctx: Context, plan: Plan, targets: list[Target], s1: dict[str, Any] | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    upstream = upstream_start(ctx)
+    try:
+        for target in targets:
+            knee = s1_knee(s1, target.name)
+            rate = knee // 2 if knee else plan.s4_fallback_dps
+            print(f"S4 {target.name}: {plan.s4_seconds:.0f} s at {rate} deliveries/s", file=sys.stderr, flush=True)
+
+            def run(server: Server, rate: int = rate) -> dict[str, Any]:
+                job = {
+                    **server_job(server),
+                    "kind": "s4",
+                    "rooms": [{"path": server.room_path("s4-0"), "size": plan.s4_members}],
+                    "seconds": plan.s4_seconds,
+                    "rate_dps": rate,
+                    "churn_per_min": 0.10,
+                    "reply_every_s": plan.s4_reply_every_s,
+                    "reply_tokens": 120,
+                    "window_s": plan.s4_window_s,
+                    "redis_port": server.redis.port if server.redis else None,
+                }
+                return loadgen_run(ctx, job, timeout=plan.s4_seconds + 180)
+
+            result = with_server(ctx, target, ["s4-0"], run)
+            result["rate_source"] = "half the S1 knee" if knee else "fixed (no S1 knee)"
+            out[target.name] = result
+    finally:
+        procs.stop(upstream)
     return out

@@ -28,6 +28,7 @@ class Context:
     client_core: int
     redis_core: int
     openai_base_url: str = ""
+    upstream_log: str = ""
     profile: str = ""  # "", "pyinstrument" or "py-spy": wrap the server under test
 
 
@@ -89,7 +90,17 @@ def _origin_headers(port: int) -> dict[str, str]:
 def _server_command(ctx: Context, name: str, args: list[str]) -> list[str]:
     if ctx.profile == "py-spy":
         out = ctx.workdir / f"profile-{name}.svg"
-        return ["py-spy", "record", "--nonblocking", "-r", "200", "-o", str(out), "--", *args]
+        return [
+            str(Path(procs.PYTHON).parent / "py-spy"),
+            "record",
+            "--nonblocking",
+            "-r",
+            "200",
+            "-o",
+            str(out),
+            "--",
+            *args,
+        ]
     return args
 
 

@@ -48,6 +48,7 @@ class WSClient(asyncio.Protocol):
         "frames",
         "handshake",
         "index",
+        "info",
         "is_open",
         "on_frame",
         "opened",
@@ -68,6 +69,7 @@ class WSClient(asyncio.Protocol):
         self.is_open = False
         self.close_code: int | None = None
         self.frames = 0
+        self.info: object = None  # the scenario's own bookkeeping
 
     # -- asyncio.Protocol ------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
