@@ -468,10 +468,13 @@ const ERROR_TEXT = {
   unavailable: "Server busy",
 };
 
+const SEND_ERRORS = new Set(["rate_limited", "too_long", "bad_request"]);
+
 function errorHandle(frame) {
   const code = String(frame.code || "error");
-  if (code === "rate_limited" || code === "too_long") {
-    // Answers to message.send come back in order: this one belongs to the oldest in flight.
+  if (SEND_ERRORS.has(code)) {
+    // Every message.send gets exactly one answer, in order: this one belongs to the
+    // oldest send in flight. (Other frames this page sends are well-formed.)
     const clientId = state.inflight.shift();
     if (clientId) pendingFail(clientId);
   }
