@@ -16,7 +16,7 @@ from tests.fakeopenai import FakeOpenAI
 from .stack import BASE_DIR, CHROMIUM, CHROMIUM_ARGS, Stack
 
 USERS = ["alice", "bob", "carol", "dave"]
-ROOMS = ["lobby", "stream", "xss", "resume", "leaving"]
+ROOMS = ["lobby", "stream", "xss", "resume", "leaving", "gaps", "history"]
 RESULTS_DIR = BASE_DIR / "test-results" / "browser"
 
 
