@@ -12,6 +12,7 @@ from collections import deque
 from typing import Any
 from urllib.parse import parse_qs
 
+from autobahn.exception import Disconnected
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
@@ -48,12 +49,27 @@ def _int_field(payload: dict[str, Any], name: str, *, required: bool = True, min
 class RoomConsumer(AsyncWebsocketConsumer):
     room: Room | None = None
     username: str = ""
+    closing: bool = False
+    torn_down: bool = False
+    handling: bool = False
+    close_deferred: int | None = None
+    refresher: asyncio.Task[None] | None = None
+    groups_joined: list[str] = []
 
     # --- Lifecycle ------------------------------------------------------------
 
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            # A handler that raised ends the consumer without disconnect(): the
+            # refresher would otherwise re-add a dead channel to its groups and
+            # to presence forever.
+            await self._teardown()
+
     async def connect(self) -> None:
         self.room = None
-        self.groups_joined: list[str] = []
+        self.groups_joined = []
         self.recent_ids: deque[int] = deque(maxlen=512)
         self.hello_max_id = 0
         self.hello_stream_seq: dict[int, int] = {}
@@ -147,6 +163,12 @@ class RoomConsumer(AsyncWebsocketConsumer):
         await self.close(code=code)
 
     async def disconnect(self, code: int) -> None:
+        await self._teardown()
+
+    async def _teardown(self) -> None:
+        if self.torn_down:
+            return
+        self.torn_down = True
         if self.refresher is not None:
             self.refresher.cancel()
         layer_health.unregister(self)
@@ -165,7 +187,30 @@ class RoomConsumer(AsyncWebsocketConsumer):
             await self._presence_broadcast(users)
 
     async def close_for_outage(self) -> None:
+        if self.handling:
+            # Answer the frame in hand first (its broadcast is bounded by
+            # BROADCAST_TIMEOUT): a send during an outage gets its message or an
+            # error, never just a closed socket.
+            self.close_deferred = events.CLOSE_UNAVAILABLE
+            return
         await self.close(code=events.CLOSE_UNAVAILABLE)
+
+    async def close(self, code: int | None = None, reason: str | None = None) -> None:
+        if self.closing:
+            return
+        self.closing = True
+        await super().close(code=code, reason=reason)
+
+    async def send(self, text_data: str | None = None, bytes_data: bytes | None = None, close: bool = False) -> None:
+        # A socket that is closing (we closed it for an outage or a logout, or the
+        # peer went away while a frame was being handled) has no one to send to;
+        # sending anyway raises inside daphne and kills the consumer mid-handler.
+        if self.closing:
+            return
+        try:
+            await super().send(text_data=text_data, bytes_data=bytes_data, close=close)
+        except Disconnected:
+            self.closing = True
 
     async def _refresh_loop(self) -> None:
         """Keep this socket's presence entry and group membership alive, and
@@ -208,12 +253,17 @@ class RoomConsumer(AsyncWebsocketConsumer):
         except (ValueError, RecursionError):
             await self._send_error(events.BAD_JSON, "frame is not valid JSON")
             return
+        self.handling = True
         try:
             await self._dispatch(payload)
         except BadFrame as exc:
             await self._send_error(exc.code, exc.detail)
         except ServiceError as exc:
             await self._send_error(exc.code, exc.detail)
+        finally:
+            self.handling = False
+            if self.close_deferred is not None:
+                await self.close(code=self.close_deferred)
 
     async def _dispatch(self, payload: object) -> None:
         if not isinstance(payload, dict) or not isinstance(payload.get("type"), str):
