@@ -35,7 +35,7 @@ SWEEP_SECONDS = 5.0
 HEARTBEAT_SECONDS = 5.0
 
 DEFAULT_SYSTEM_PROMPT = (
-    "You are {name}, an AI assistant taking part in a group chat room called \"{room}\" with several people. "
+    'You are {name}, an AI assistant taking part in a group chat room called "{room}" with several people. '
     "Each user message starts with the sender's name and a colon. Reply to the person who mentioned you, "
     "address them by name when it helps, keep answers concise, and use Markdown where it helps readability."
 )
@@ -120,7 +120,9 @@ async def reply_sweep() -> None:
     interrupted, orphans = await database_sync_to_async(services.reply_sweep_stale)()
     for reply in interrupted:
         logger.warning("reply %s interrupted: its worker stopped checking in", reply.pk)
-        await _announce(reply.room_id, events.envelope(events.assistant_end_frame(reply), "assistant.end", reply_id=reply.pk))
+        await _announce(
+            reply.room_id, events.envelope(events.assistant_end_frame(reply), "assistant.end", reply_id=reply.pk)
+        )
     for request in orphans:
         logger.info("adopting queued request %s", request.pk)
         task_spawn(_reply_worker(request.room_id, request.pk), name=f"reply-for-{request.pk}")
@@ -208,21 +210,25 @@ async def _reply_run(reply: Message) -> None:
         await _announce(
             room_id, events.envelope(events.assistant_start_frame(reply), "assistant.start", reply_id=reply.pk)
         )
-        room, reply, request = await database_sync_to_async(_reply_prepare)(reply.pk)
+        _, reply, request = await database_sync_to_async(_reply_prepare)(reply.pk)
         provider = provider_get()
         stream.model = request.model
         pump = asyncio.ensure_future(_pump(provider.stream(request), queue))
         outcome = await stream.run(queue)
     except asyncio.CancelledError:
         # The process is shutting down: leave a terminal state, not a hanging row.
-        outcome = stream.outcome(Message.Status.INTERRUPTED, error_code="interrupted",
-                                 error="The server stopped before the reply finished.")
+        outcome = stream.outcome(
+            Message.Status.INTERRUPTED, error_code="interrupted", error="The server stopped before the reply finished."
+        )
         await asyncio.shield(_reply_end(reply.pk, room_id, outcome))
         raise
     except Exception:
         logger.exception("reply %s failed", reply.pk)
-        outcome = stream.outcome(Message.Status.ERROR, error_code="internal",
-                                 error="Something went wrong on our side while writing this reply.")
+        outcome = stream.outcome(
+            Message.Status.ERROR,
+            error_code="internal",
+            error="Something went wrong on our side while writing this reply.",
+        )
     finally:
         _running.pop(reply.pk, None)
         if pump is not None and not pump.done():
@@ -324,9 +330,7 @@ class _Stream:
                 if item.error is None:
                     return self.outcome(Message.Status.COMPLETE)
                 if isinstance(item.error, ProviderError):
-                    return self.outcome(
-                        Message.Status.ERROR, error_code=item.error.code, error=item.error.reason
-                    )
+                    return self.outcome(Message.Status.ERROR, error_code=item.error.code, error=item.error.reason)
                 logger.error("reply %s: provider stream failed", self.reply_id, exc_info=item.error)
                 return self.outcome(
                     Message.Status.ERROR,

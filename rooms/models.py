@@ -23,9 +23,7 @@ class Room(models.Model):
     assistant_name = models.CharField(
         max_length=32, default="assistant", help_text="Mentioned as @name (one word, case-insensitive)."
     )
-    assistant_model = models.CharField(
-        max_length=100, blank=True, help_text="Blank: the ASSISTANT_MODEL setting."
-    )
+    assistant_model = models.CharField(max_length=100, blank=True, help_text="Blank: the ASSISTANT_MODEL setting.")
     assistant_system_prompt = models.TextField(blank=True, help_text="Blank: the built-in prompt.")
     assistant_temperature = models.FloatField(
         null=True, blank=True, validators=[MinValueValidator(0.0), MaxValueValidator(2.0)]
@@ -90,7 +88,8 @@ class Message(models.Model):
     role = models.CharField(max_length=16, choices=Role.choices, default=Role.USER)
     text = models.TextField(blank=True)
     html = models.TextField(blank=True)
-    client_id = models.CharField(max_length=64, null=True, blank=True)
+    # NULL, not "": the unique (room, author, client_id) constraint must ignore messages without one.
+    client_id = models.CharField(max_length=64, null=True, blank=True)  # noqa: DJ001
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.COMPLETE)
     created = models.DateTimeField(default=timezone.now, editable=False)
 

@@ -70,9 +70,7 @@ def message_list_before(room: Room, before_id: int, limit: int) -> tuple[list[Me
 
 def reply_list_streaming(room: Room) -> list[Message]:
     return list(
-        Message.objects.filter(room=room, role=Message.Role.ASSISTANT, status=Message.Status.STREAMING).order_by(
-            "seq"
-        )
+        Message.objects.filter(room=room, role=Message.Role.ASSISTANT, status=Message.Status.STREAMING).order_by("seq")
     )
 
 

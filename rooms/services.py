@@ -88,6 +88,12 @@ def message_validate(text: object, client_id: object) -> tuple[str, str | None]:
     # NUL cannot be stored in PostgreSQL text and has no business in chat.
     if "\x00" in text:
         raise ServiceError(events.BAD_REQUEST, "text must not contain NUL characters")
+    # JSON can smuggle lone surrogates ("\ud800"), which no database can store.
+    for value in (text, client_id or ""):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ServiceError(events.BAD_REQUEST, "text must be valid Unicode") from None
     return text, client_id
 
 
@@ -100,7 +106,9 @@ def _seq_next(room_id: int) -> int:
     return seq
 
 
-def message_create(*, room: Room, user: AbstractBaseUser, text: object, client_id: object = None) -> tuple[Message, bool]:
+def message_create(
+    *, room: Room, user: AbstractBaseUser, text: object, client_id: object = None
+) -> tuple[Message, bool]:
     """Save a user message; returns ``(message, created)``.
 
     A repeated ``client_id`` (a retry after reconnect) returns the message it
@@ -149,7 +157,9 @@ async def message_send(
         and mention_pattern(room.assistant_name).search(text)
         and not await rate_hit(f"assistant:{user.pk}", settings.ASSISTANT_RATE_LIMIT)
     ):
-        raise ServiceError(events.RATE_LIMITED, f"@{room.assistant_name} is busy with your earlier requests; try again in a minute")
+        raise ServiceError(
+            events.RATE_LIMITED, f"@{room.assistant_name} is busy with your earlier requests; try again in a minute"
+        )
     message, created = await database_sync_to_async(message_create)(
         room=room, user=user, text=text, client_id=client_id
     )
@@ -179,9 +189,7 @@ def reply_claim_turn(room_id: int, request_id: int) -> Message | None:
         request = Message.objects.filter(pk=request_id, room_id=room_id).first()
         if request is None or request.reply_state != Message.ReplyState.PENDING:
             return None
-        first = (
-            Message.objects.filter(room_id=room_id, reply_state=Message.ReplyState.PENDING).order_by("seq").first()
-        )
+        first = Message.objects.filter(room_id=room_id, reply_state=Message.ReplyState.PENDING).order_by("seq").first()
         streaming = Message.objects.filter(
             room_id=room_id, role=Message.Role.ASSISTANT, status=Message.Status.STREAMING
         ).count()
@@ -212,9 +220,7 @@ def reply_queue_position(room_id: int, request_id: int) -> int:
     request = Message.objects.filter(pk=request_id).only("seq", "reply_state").first()
     if request is None or request.reply_state != Message.ReplyState.PENDING:
         return 0
-    return Message.objects.filter(
-        room_id=room_id, reply_state=Message.ReplyState.PENDING, seq__lte=request.seq
-    ).count()
+    return Message.objects.filter(room_id=room_id, reply_state=Message.ReplyState.PENDING, seq__lte=request.seq).count()
 
 
 def reply_request_refuse(request_id: int) -> None:

@@ -18,6 +18,7 @@ async def next_of(socket, kind: str, timeout: float = 10) -> dict:
     # Chat messages interleave with the reply's frames here.
     return await _next_of(socket, kind, timeout, skip=(*SKIPPABLE, "message", "assistant.start", "assistant.delta"))
 
+
 pytestmark = [pytest.mark.asyncio, pytest.mark.django_db(transaction=True)]
 
 
@@ -178,7 +179,7 @@ async def test_faults_end_in_one_terminal_state(make_user, make_room, model_serv
     room = await mk(make_room)(f"fault-{marker.strip('[]')}")
     a1, _ = await open_socket(alice, room.slug)
     await a1.send_json_to({"type": "message.send", "text": f"@assistant {marker} please"})
-    start, deltas, end = await collect_reply(a1)
+    start, _, end = await collect_reply(a1)
     final = end["message"]
     assert final["status"] == status
     row = await Message.objects.aget(pk=start["reply_id"])

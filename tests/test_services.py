@@ -177,3 +177,10 @@ def test_context_is_budgeted_and_room_scoped(make_user, make_room, settings):
     assert all(m.room_id == room_a.pk for m in picked)
     assert [m.text for m in picked] == [f"message number {i}" for i in range(6)][-len(picked) :]
     assert sum(len(m.text) + len(m.author_name) + 2 for m in picked) <= 60
+
+
+@pytest.mark.parametrize(("text", "client_id"), [("bad \ud800 text", None), ("fine", "id-\udfff")])
+def test_lone_surrogates_are_refused(make_user, make_room, text, client_id):
+    with pytest.raises(ServiceError) as info:
+        services.message_create(room=make_room(), user=make_user(), text=text, client_id=client_id)
+    assert info.value.code == "bad_request"

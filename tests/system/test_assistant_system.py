@@ -98,8 +98,13 @@ async def test_reply_goes_on_after_the_asker_leaves(stack, sessions, room_slug):
 
 @pytest.mark.parametrize(
     ("marker", "status"),
-    [("[[429]]", "error"), ("[[500]]", "error"), ("[[cut]]", "error"), ("[[500-once]]", "complete"),
-     ("[[slow-first]]", "complete")],
+    [
+        ("[[429]]", "error"),
+        ("[[500]]", "error"),
+        ("[[cut]]", "error"),
+        ("[[500-once]]", "complete"),
+        ("[[slow-first]]", "complete"),
+    ],
 )
 async def test_faults_end_once_with_saved_row(stack, sessions, room_slug, marker, status):
     alice = client_for(stack, sessions, "alice", room_slug, via=0)
