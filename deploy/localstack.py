@@ -16,7 +16,7 @@ import shlex
 import signal
 import sys
 import tempfile
-import threading
+import time
 from pathlib import Path
 
 if __package__ in (None, ""):
@@ -60,9 +60,11 @@ def main(argv: list[str]) -> int:
         port=args.port,
         install_nginx=args.install_nginx,
     )
-    stopping = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
-    signal.signal(signal.SIGINT, lambda *_: stopping.set())
+    # A plain flag: Event.set() inside a signal handler can deadlock against the
+    # main thread's own Event.wait(), which holds the same lock.
+    stop_signals: list[int] = []
+    signal.signal(signal.SIGTERM, lambda signum, _frame: stop_signals.append(signum))
+    signal.signal(signal.SIGINT, lambda signum, _frame: stop_signals.append(signum))
     try:
         stack.start()
         for slug in args.room:
@@ -89,7 +91,8 @@ def main(argv: list[str]) -> int:
     )
     env_file.chmod(0o600)
     try:
-        while not stopping.wait(1.0):
+        while not stop_signals:
+            time.sleep(0.5)
             dead = [p.name for p in stack.processes() if not p.running()]
             if dead:
                 print(f"process exited: {', '.join(dead)}; stopping the stack", file=sys.stderr)
