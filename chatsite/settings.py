@@ -249,6 +249,7 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(process)d %(message)s"}},
+    "filters": {"exception_summary": {"()": "chatsite.logfilters.ExceptionSummary"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
@@ -259,6 +260,7 @@ LOGGING = {
         "httpcore2": {"level": "WARNING"},
         "httpcore": {"level": "WARNING"},
         "daphne": {"level": "WARNING"},
+        "channels_redis.pubsub": {"filters": ["exception_summary"]},
     },
 }
 
