@@ -62,6 +62,13 @@ def test_streaming_reply_stop_and_markdown(
         assert streaming_length(carol, reply_id, longer_than=joined) > joined
         bob.screenshot(path=str(shots / "streaming.png"))
 
+        # One reply at a time per room: a second mention waits its turn, and says so.
+        send(carol, "@assistant what's up?")
+        for page in (alice, bob, carol):
+            expect(page.locator("#notices .notice-info .notice-text")).to_have_text(
+                "@assistant will answer after 1 earlier request."
+            )
+
         # Bob stops alice's request.
         assert fake_openai.server.open_streams == 1
         bob.locator(f'#messages > li[data-id="{reply_id}"] button.stop').click()
@@ -85,14 +92,14 @@ def test_streaming_reply_stop_and_markdown(
         wait_until(lambda: fake_openai.server.open_streams == 0, 10, "the upstream stream to close")
         bob.screenshot(path=str(shots / "stopped.png"))
 
-        # A normal reply: streamed, then replaced by the rendered final text.
-        send(carol, "@assistant what's up?")
+        # Then the queued one runs: streamed, then replaced by the rendered final text.
         expect_message_count(alice, 4)
         latest = alice.locator("#messages > li.msg.assistant").last
         expect(latest).to_have_attribute("data-status", "complete")
         expect(latest.locator(".msg-body")).to_contain_text("Hello from the fake model. You said:")
         expect(latest.locator(".msg-body")).to_contain_text("héllo wörld")
         expect(latest.locator(".msg-body")).to_contain_text("日本語")
+        expect(alice.locator("#notices .notice-info")).to_have_count(0)
 
         # Markdown from a person renders too: bold, and a highlighted code block.
         send(

@@ -152,6 +152,10 @@ function stopForGood(reason) {
   retryClear();
   composerEnable(false);
   typersClear();
+  for (const item of state.pending.values()) {
+    item.el.classList.add("failed");
+    item.el.querySelector(".msg-time").textContent = "not sent";
+  }
   if (reason === "signed-out") {
     connectionShow("signed-out", "Signed out.", { text: "Log in again", href: loginHref() });
   } else if (reason === "forbidden") {
