@@ -254,12 +254,16 @@ class RoomConsumer(AsyncWebsocketConsumer):
             await self._send_error(events.BAD_JSON, "frame is not valid JSON")
             return
         self.handling = True
+        # An error that answers a message.send names its client_id, so a client
+        # can tell which of its pending sends failed.
+        client_id = payload.get("client_id") if isinstance(payload, dict) else None
+        client_id = client_id if isinstance(client_id, str) and len(client_id) <= 64 else None
         try:
             await self._dispatch(payload)
         except BadFrame as exc:
-            await self._send_error(exc.code, exc.detail)
+            await self._send_error(exc.code, exc.detail, client_id)
         except ServiceError as exc:
-            await self._send_error(exc.code, exc.detail)
+            await self._send_error(exc.code, exc.detail, client_id)
         finally:
             self.handling = False
             if self.close_deferred is not None:
@@ -322,8 +326,8 @@ class RoomConsumer(AsyncWebsocketConsumer):
         if not await reply_cancel(self.room, reply_id, self.username):
             raise BadFrame(events.NOT_FOUND, "no reply with that id is being written in this room")
 
-    async def _send_error(self, code: str, detail: str) -> None:
-        await self.send(text_data=events.error_frame(code, detail))
+    async def _send_error(self, code: str, detail: str, client_id: str | None = None) -> None:
+        await self.send(text_data=events.error_frame(code, detail, client_id))
 
     # --- Group events --------------------------------------------------------------
 

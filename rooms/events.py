@@ -85,6 +85,7 @@ def streaming_payload(reply: Message) -> dict[str, Any]:
         "author": reply.author_name,
         "text": reply.text,
         "seq": reply.stream_seq,
+        "message_seq": reply.seq,
     }
 
 
@@ -128,8 +129,11 @@ def history_frame(messages: list[Message], has_more: bool) -> str:
     return dumps({"type": HISTORY, "messages": [message_payload(m) for m in messages], "has_more": has_more})
 
 
-def error_frame(code: str, detail: str) -> str:
-    return dumps({"type": ERROR, "code": code, "detail": detail})
+def error_frame(code: str, detail: str, client_id: str | None = None) -> str:
+    payload: dict[str, Any] = {"type": ERROR, "code": code, "detail": detail}
+    if client_id is not None:
+        payload["client_id"] = client_id
+    return dumps(payload)
 
 
 def pong_frame() -> str:

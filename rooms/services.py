@@ -151,6 +151,12 @@ async def message_send(
     *, room: Room, user: AbstractBaseUser, text: object, client_id: object = None
 ) -> tuple[Message, bool]:
     """Persist a user message, then tell the room; start the assistant if asked."""
+    if isinstance(client_id, str) and client_id:
+        # A resend after reconnect is answered with the original, before any limit
+        # counts it again.
+        existing = await Message.objects.filter(room=room, author=user, client_id=client_id).afirst()
+        if existing is not None:
+            return existing, False
     if (
         room.assistant_enabled
         and isinstance(text, str)

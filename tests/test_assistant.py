@@ -98,6 +98,7 @@ async def test_late_tab_joins_mid_stream_without_gap(make_user, make_room, model
     b1, hello = await open_socket(bob, room.slug)
     [streaming] = hello["streaming"]
     assert streaming["reply_id"] == start["reply_id"] and streaming["seq"] >= 3 and streaming["text"]
+    assert streaming["message_seq"] == start["message"]["seq"]
     text = streaming["text"]
     expected_seq = streaming["seq"] + 1
     while True:
@@ -217,10 +218,15 @@ async def test_assistant_rate_limit(make_user, make_room, model_server, settings
     alice = await mk(make_user)("alice")
     room = await mk(make_room)("ailimit")
     a1, _ = await open_socket(alice, room.slug)
-    await a1.send_json_to({"type": "message.send", "text": "@assistant one"})
+    await a1.send_json_to({"type": "message.send", "text": "@assistant one", "client_id": "resend-me"})
+    original = (await next_of(a1, "message"))["message"]
     await collect_reply(a1)
-    await a1.send_json_to({"type": "message.send", "text": "@assistant two"})
-    assert (await next_of(a1, "error"))["code"] == "rate_limited"
+    # A resend of the same client_id is the same message, not a second request.
+    await a1.send_json_to({"type": "message.send", "text": "@assistant one", "client_id": "resend-me"})
+    assert (await next_of(a1, "message"))["message"]["id"] == original["id"]
+    await a1.send_json_to({"type": "message.send", "text": "@assistant two", "client_id": "c-2"})
+    error = await next_of(a1, "error")
+    assert error["code"] == "rate_limited" and error["client_id"] == "c-2"
     await a1.send_json_to({"type": "message.send", "text": "plain chat still works"})
     assert (await next_of(a1, "message"))["message"]["text"] == "plain chat still works"
     await a1.disconnect()
