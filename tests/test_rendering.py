@@ -16,13 +16,7 @@ from rooms.rendering import (
 )
 from tests.xss_payloads import XSS_PAYLOADS, html_is_safe
 
-HIGHLIGHT_CSS = (
-    Path(__file__).resolve().parent.parent
-    / "rooms"
-    / "static"
-    / "rooms"
-    / "highlight.css"
-)
+HIGHLIGHT_CSS = Path(__file__).resolve().parent.parent / "rooms" / "static" / "rooms" / "highlight.css"
 LINK_REL = 'rel="nofollow noopener noreferrer"'
 
 
@@ -98,10 +92,7 @@ def test_html_is_safe_accepts_ordinary_markup() -> None:
 
 
 def test_raw_html_is_shown_as_text() -> None:
-    assert (
-        message_render("a <b>bold</b> claim")
-        == "<p>a &lt;b&gt;bold&lt;/b&gt; claim</p>"
-    )
+    assert message_render("a <b>bold</b> claim") == "<p>a &lt;b&gt;bold&lt;/b&gt; claim</p>"
 
 
 # --- Markdown features ----------------------------------------------------------
@@ -109,9 +100,7 @@ def test_raw_html_is_shown_as_text() -> None:
 
 def test_inline_formatting() -> None:
     html = message_render("**bold** *italic* ~~gone~~ `x < y`")
-    assert html == (
-        "<p><strong>bold</strong> <em>italic</em> <s>gone</s> <code>x &lt; y</code></p>"
-    )
+    assert html == ("<p><strong>bold</strong> <em>italic</em> <s>gone</s> <code>x &lt; y</code></p>")
 
 
 def test_newline_is_a_line_break() -> None:
@@ -159,15 +148,12 @@ def test_huge_code_block_is_not_highlighted() -> None:
 def test_links_keep_https_and_get_rel_and_target() -> None:
     html = message_render('[docs](https://example.com/a?b=1&c=2 "The docs")')
     assert html == (
-        '<p><a href="https://example.com/a?b=1&amp;c=2" title="The docs" target="_blank" '
-        f"{LINK_REL}>docs</a></p>"
+        f'<p><a href="https://example.com/a?b=1&amp;c=2" title="The docs" target="_blank" {LINK_REL}>docs</a></p>'
     )
 
 
 def test_bare_urls_and_emails_are_linked_but_file_names_are_not() -> None:
-    html = message_render(
-        "see https://example.com/x, mail ann@example.com, edit main.py"
-    )
+    html = message_render("see https://example.com/x, mail ann@example.com, edit main.py")
     assert hrefs(html) == ["https://example.com/x", "mailto:ann@example.com"]
     assert "main.py" in html
 
@@ -210,9 +196,7 @@ def test_images_become_links(markdown: str, href: str, text: str) -> None:
 
 
 def test_image_inside_link_keeps_only_its_alt_text() -> None:
-    html = message_render(
-        "[![build](https://ci.example/b.svg) ok](https://ci.example/)"
-    )
+    html = message_render("[![build](https://ci.example/b.svg) ok](https://ci.example/)")
     assert hrefs(html) == ["https://ci.example/"]
     assert ">build ok</a>" in html
 
@@ -229,9 +213,7 @@ def test_empty_and_whitespace_text() -> None:
 
 
 def test_rendering_is_deterministic() -> None:
-    text = (
-        "# t\n\n```python\nprint(1)\n```\n\n| a |\n|---|\n| b |\n\nhttps://example.com"
-    )
+    text = "# t\n\n```python\nprint(1)\n```\n\n| a |\n|---|\n| b |\n\nhttps://example.com"
     assert len({message_render(text) for _ in range(5)}) == 1
 
 
@@ -239,9 +221,7 @@ def test_rendering_is_deterministic() -> None:
 
 
 def test_long_realistic_message_renders() -> None:
-    paragraph = (
-        "Some **bold** and *italic* text with `code` and https://example.com/x. "
-    )
+    paragraph = "Some **bold** and *italic* text with `code` and https://example.com/x. "
     text = (paragraph * 60)[:4000]
     html = message_render(text)
     assert html.count("<strong>") >= 50

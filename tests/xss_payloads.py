@@ -174,9 +174,7 @@ class _SafetyParser(HTMLParser):
             elif name in _URL_ATTRS:
                 scheme = _url_scheme(value)
                 if name in _LOADING_ATTRS:
-                    self.problems.append(
-                        f"resource-loading {name}={value!r} on <{tag}>"
-                    )
+                    self.problems.append(f"resource-loading {name}={value!r} on <{tag}>")
                 elif scheme is not None and scheme not in _SAFE_SCHEMES:
                     self.problems.append(f"{scheme} URL in {name}= on <{tag}>")
         attr_map = dict(attrs)
