@@ -235,6 +235,15 @@ class Fleet:
     def open_count(self) -> int:
         return sum(1 for client in self.clients if client.is_open)
 
+    def close_codes(self) -> dict[str, int]:
+        """Why sockets we did not close are closed (e.g. 4503: the server gave up on its layer)."""
+        codes: dict[str, int] = {}
+        for client in self.clients:
+            if not client.is_open:
+                key = str(client.close_code)
+                codes[key] = codes.get(key, 0) + 1
+        return codes
+
     # -- marked messages ---------------------------------------------------
     def step_open(self, number: int, capacity: int) -> StepRecord:
         record = StepRecord(number=number, capacity=capacity)
@@ -378,12 +387,14 @@ async def fanout_run(job: dict[str, Any]) -> dict[str, Any]:
                 ),
                 "client_busy": round(cpu["client"] / max(wall, 1e-9), 3),
                 "open_sockets": fleet.open_count(),
+                "close_codes": fleet.close_codes(),
             }
         )
         steps.append(step)
         print(
             f"  rate {rate:>7} dps: p50 {step['p50_ms']:.1f} ms p99 {step['p99_ms']:.1f} ms "
-            f"achieved {step['achieved_dps']:.0f} drops {step['drops']} client {step['client_busy']:.0%}",
+            f"achieved {step['achieved_dps']:.0f} drops {step['drops']} client {step['client_busy']:.0%}"
+            + (f" closed by server {step['close_codes']}" if step["close_codes"] else ""),
             file=sys.stderr,
             flush=True,
         )
@@ -433,6 +444,7 @@ async def idle_run(job: dict[str, Any]) -> dict[str, Any]:
         "idle_cpu_s": cpu_idle,
         "idle_cpu_pct": {k: round(100 * v / job["idle_s"], 2) for k, v in cpu_idle.items()},
         "open_after_idle": open_after,
+        "close_codes": fleet.close_codes(),
         "closed_during_idle": open_before - open_after,
         "rss_before": rss_before,
         "rss_connected": rss_connected,
@@ -553,7 +565,7 @@ async def relay_run(job: dict[str, Any]) -> dict[str, Any]:
         record.expected += room["size"]
         offset += room["size"]
     deadline = started + job["tokens"] / job["tps"] + job.get("grace_s", 20.0)
-    while time.monotonic() < deadline and not all(view.done for view in views.values()):
+    while time.monotonic() < deadline and not all(view.done for view in views.values()):  # noqa: ASYNC110
         await asyncio.sleep(0.05)
     wall = time.monotonic() - started
     cpu = Meter.delta(cpu_before, meter.cpu())
@@ -615,6 +627,7 @@ async def relay_run(job: dict[str, Any]) -> dict[str, Any]:
             "client_busy": round(cpu["client"] / max(wall, 1e-9), 3),
             "messages": messages,
             "open_sockets": fleet.open_count(),
+            "close_codes": fleet.close_codes(),
         }
     )
     print(
@@ -676,13 +689,16 @@ class Soak:
         self.unexpected_closes = 0
         self.reply_ends = 0
         self.replies_sent = 0
+        self.sender_gaps = 0
+        self.tasks: set[asyncio.Task] = set()
+        self.skipped = 0
         self.fleet.observer = self.observe
         self.fleet.extra_handler = self.reply_observe
 
     # -- frames ------------------------------------------------------------
     def observe(self, client: WSClient, payload: bytes, now: int, match: re.Match | None) -> bool:
         member = self.members[client.index] if client.index < self.size else None
-        if member is None or member.client is not None and member.client is not client and member.ready_at:
+        if member is None or (member.client is not None and member.client is not client and member.ready_at):
             return False
         if match is None:
             if self.fleet.protocol == "ours" and client.frames == 1:
@@ -770,7 +786,9 @@ class Soak:
                     member.client = None
                     self.member_leaving(member)
                     member.churning = True
-                    asyncio.ensure_future(self.member_reconnect(member))
+                    task = asyncio.ensure_future(self.member_reconnect(member))
+                    self.tasks.add(task)
+                    task.add_done_callback(self.tasks.discard)
             await asyncio.sleep(0.5)
 
     async def member_reconnect(self, member: Member) -> None:
@@ -783,16 +801,19 @@ class Soak:
             member.churning = False
 
     # -- the run -------------------------------------------------------------
-    def send(self, text_extra: str = "") -> None:
+    def send(self, text_extra: str = "") -> bool:
         number = self.record.sent
         if number >= self.capacity:
-            return
+            return False
         sender = self.members[0].client
         if sender is None or not sender.is_open:
-            return
+            # The sender is reconnecting: this tick's messages are skipped, not queued.
+            self.sender_gaps += 1
+            return False
         self.expected[number] = self.eligible_now
         self.sent_at[number] = now_us()
         self.fleet.marked_send(self.record, sender, self.eligible_now, text_extra)
+        return True
 
     async def window_sample(self, redis_client: Any, started: float, latencies_from: int) -> dict[str, Any]:
         latencies = self.record.latencies[latencies_from:]
@@ -848,9 +869,11 @@ class Soak:
         churns: set[asyncio.Task] = set()
         rng = __import__("random").Random(5)
         while (now := time.monotonic()) < started + self.seconds:
-            due = int((now - started) * self.message_rate) + 1
+            due = int((now - started) * self.message_rate) + 1 - self.skipped
             while self.record.sent < min(due, self.capacity - 1):
-                self.send()
+                if not self.send():
+                    self.skipped += due - self.record.sent
+                    break
             if now >= next_reply:
                 next_reply += job["reply_every_s"]
                 self.replies_sent += 1
@@ -869,7 +892,7 @@ class Soak:
             await asyncio.sleep(0.005)
         # Drain: let in-flight deliveries, churns and replies finish.
         deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and (churns or sum(self.received) < sum(self.expected[: self.record.sent])):
+        while time.monotonic() < deadline and (churns or sum(self.received) < sum(self.expected[: self.record.sent])):  # noqa: ASYNC110
             await asyncio.sleep(0.1)
         stop.set()
         await watcher
@@ -896,6 +919,7 @@ class Soak:
             "reconnects": self.reconnects,
             "reconnect_failures": self.reconnect_failures,
             "unexpected_closes": self.unexpected_closes,
+            "sender_gaps": self.sender_gaps,
             "replies_sent": self.replies_sent,
             "reply_ends": self.reply_ends,
             "windows": windows,
@@ -951,7 +975,7 @@ def main() -> None:
     job = json.load(sys.stdin)
     if job.get("core") is not None:
         os.sched_setaffinity(0, {job["core"]})
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     result = asyncio.run(JOBS[job["kind"]](job))
     result["client_cpu_total_s"] = round(client_cpu(), 3)

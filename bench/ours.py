@@ -19,7 +19,7 @@ from bench.targets import Context, Server, Target, daphne_command
 
 logger = logging.getLogger("bench.ours")
 
-BENCH_SECRET = "bench-secret-key-only-for-loopback-runs-0123456789abcdef"  # noqa: S105
+BENCH_SECRET = "bench-secret-key-only-for-loopback-runs-0123456789abcdef"
 
 # Run inside `manage.py shell`: users, rooms, and one logged-in session per user.
 SETUP_SCRIPT = r"""

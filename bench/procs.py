@@ -93,7 +93,7 @@ def spawn(
         stdin=stdin if stdin is not None else subprocess.DEVNULL,
         stdout=stdout if stdout is not None else out,
         stderr=out,
-        preexec_fn=_preexec(core),  # noqa: PLW1509 - single-threaded parent
+        preexec_fn=_preexec(core),
         start_new_session=True,
     )
     if log_path:

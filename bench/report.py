@@ -13,7 +13,7 @@ LATENCY_LIMIT_MS = 100.0
 
 def _num(value: Any, digits: int = 0) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
+        return "-"
     if isinstance(value, (int, float)):
         return f"{value:,.{digits}f}"
     return str(value)
@@ -26,7 +26,7 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 
 def _verdict(ok: bool | None) -> str:
-    return "–" if ok is None else ("**PASS**" if ok else "**MISS**")
+    return "-" if ok is None else ("**PASS**" if ok else "**MISS**")
 
 
 def _rows(table: dict[str, Any]) -> list[str]:
@@ -69,9 +69,10 @@ def s1_section(s1: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
         "",
     ]
     verdicts: list[dict[str, Any]] = []
+    largest = max(s1, key=lambda c: int(c.split("x")[0])) if s1 else ""
     for config, table in s1.items():
         size, count = config.split("x")
-        lines += [f"### {size} members × {count} room(s)", ""]
+        lines += [f"### {size} members x {count} room(s)", ""]
         lines += [
             "| row | knee dps (p99<100ms) | peak dps | one msg p50 / p99 ms | one msg to all p99 ms "
             "| drops | server µs CPU/delivery | client busy max | targets |",
@@ -87,14 +88,14 @@ def s1_section(s1: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
                 continue
             s = summaries[name]
             notes = []
-            if name.startswith("ours") and size == "1000":
+            if name.startswith("ours") and config == largest:
                 checks = s1_targets(s, ceiling, naive)
                 for check in checks:
                     check.update({"scenario": "S1", "row": name, "config": config})
                 verdicts += checks
                 notes = [f"{c['what']}: {c['shown']} {_verdict(c['ok'])}" for c in checks]
             elif name == "naive" and ceiling.get("peak"):
-                notes = [f"peak {(_ratio(s['peak'], ceiling['peak']) or 0):.3f}× ceiling"]
+                notes = [f"peak {(_ratio(s['peak'], ceiling['peak']) or 0):.3f}x ceiling"]
             knee = _num(s["knee"]) if s["knee"] else "never"
             lines.append(
                 f"| {name} | {knee} | {_num(s['peak'])} | {_num(s['probe_p50'], 1)} / {_num(s['probe_p99'], 1)} "
@@ -112,21 +113,21 @@ def s1_targets(s: dict[str, Any], ceiling: dict[str, Any], naive: dict[str, Any]
     probe_ratio = _ratio(s["probe_p99"], ceiling.get("probe_p99"))
     return [
         {
-            "what": "knee ≥ 0.3× ceiling",
+            "what": "knee ≥ 0.3x ceiling",
             "ratio": knee_ratio,
-            "shown": f"{knee_ratio:.2f}×" if knee_ratio is not None else "n/a",
+            "shown": f"{knee_ratio:.2f}x" if knee_ratio is not None else "n/a",
             "ok": None if knee_ratio is None else knee_ratio >= 0.3,
         },
         {
-            "what": "peak ≥ 10× naive",
+            "what": "peak ≥ 10x naive",
             "ratio": peak_ratio,
-            "shown": f"{peak_ratio:.1f}×" if peak_ratio is not None else "n/a",
+            "shown": f"{peak_ratio:.1f}x" if peak_ratio is not None else "n/a",
             "ok": None if peak_ratio is None else peak_ratio >= 10,
         },
         {
-            "what": "one-message p99 ≤ 3× ceiling",
+            "what": "one-message p99 ≤ 3x ceiling",
             "ratio": probe_ratio,
-            "shown": f"{probe_ratio:.2f}×" if probe_ratio is not None else "n/a",
+            "shown": f"{probe_ratio:.2f}x" if probe_ratio is not None else "n/a",
             "ok": None if probe_ratio is None else probe_ratio <= 3,
         },
         {"what": "drops = 0", "ratio": None, "shown": _num(s["drops"]), "ok": s["drops"] == 0},
@@ -150,7 +151,7 @@ def s1_steps_detail(table: dict[str, Any]) -> list[str]:
                 f"| {name} | {_num(step['rate_target'])} | {_num(step['achieved_dps'])} | {_num(step['p50_ms'], 1)} "
                 f"| {_num(step['p99_ms'], 1)} | {_num(step['max_ms'], 1)} | {_num(step['drops'])} "
                 f"| {_num(cpu.get('server'), 2)} | {_num(cpu.get('redis'), 2)} | {step['client_busy']:.0%} "
-                f"| {'–' if others is None else f'{others:.0%}'} |"
+                f"| {'-' if others is None else f'{others:.0%}'} |"
             )
     lines += ["", "</details>", ""]
     return lines
@@ -167,7 +168,7 @@ def s2_section(s2: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
         "*Overhead*: time from the upstream emitting a token to a member receiving it. *Frames/reply*: frames one "
         "member received per reply. *Intact*: replies whose reassembled text equals the source, over all members.",
         "",
-        "| row | K×M | overhead p50 / p99 ms | frames/reply | server µs CPU per delivered token | intact "
+        "| row | KxM | overhead p50 / p99 ms | frames/reply | server µs CPU per delivered token | intact "
         "| tokens delivered | notes |",
         "|---|---|---:|---:|---:|---:|---:|---|",
     ]
@@ -214,9 +215,9 @@ def s2_section(s2: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
             {
                 "scenario": "S2",
                 "row": name,
-                "what": "≥ 5× naive's concurrent replies at the same overhead, texts intact",
+                "what": "≥ 5x naive's concurrent replies at the same overhead, texts intact",
                 "ratio": ratio,
-                "shown": f"{ratio:.1f}×" if ratio is not None else "n/a (naive sustained none)",
+                "shown": f"{ratio:.1f}x" if ratio is not None else "n/a (naive sustained none)",
                 "ok": (ratio is not None and ratio >= 5 and intact) if ratio is not None else None,
             }
         )
@@ -250,15 +251,15 @@ def s3_section(s3: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
             if name.startswith("ours") and "rss_per_conn_bytes" in ceiling:
                 ratio = _ratio(per_conn, ceiling["rss_per_conn_bytes"]["server"] / 1024)
                 ok = ratio is not None and ratio <= 2
-                notes.append(f"memory ≤ 2× ceiling: {ratio:.2f}× {_verdict(ok)}")
+                notes.append(f"memory ≤ 2x ceiling: {ratio:.2f}x {_verdict(ok)}")
                 verdicts.append(
                     {
                         "scenario": "S3",
                         "row": name,
                         "config": size,
-                        "what": f"memory/conn ≤ 2× ceiling at {size}",
+                        "what": f"memory/conn ≤ 2x ceiling at {size}",
                         "ratio": ratio,
-                        "shown": f"{ratio:.2f}×",
+                        "shown": f"{ratio:.2f}x",
                         "ok": ok,
                     }
                 )
@@ -278,7 +279,7 @@ def s3_section(s3: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
                     )
             elif name == "naive" and "rss_per_conn_bytes" in ceiling:
                 ratio = _ratio(per_conn, ceiling["rss_per_conn_bytes"]["server"] / 1024)
-                notes.append(f"{ratio:.2f}× ceiling")
+                notes.append(f"{ratio:.2f}x ceiling")
             idle = r["idle_cpu_pct"].get("server", 0) + r["idle_cpu_pct"].get("redis", 0)
             held = r["open_after_idle"]
             lines.append(
@@ -418,7 +419,8 @@ def chart_write(results: dict[str, Any], path: Path) -> None:
     fig, axes = plt.subplots(2, 2, figsize=(13, 9))
     ax = axes[0][0]
     s1 = results.get("S1") or {}
-    first = next((v for k, v in s1.items() if k.startswith("1000x")), None)
+    largest = max(s1, key=lambda c: int(c.split("x")[0])) if s1 else ""
+    first = s1.get(largest)
     if first:
         for name in _rows(first):
             steps = first[name].get("steps") or []
@@ -435,7 +437,7 @@ def chart_write(results: dict[str, Any], path: Path) -> None:
         ax.set_yscale("log")
         ax.set_xlabel("deliveries/s achieved")
         ax.set_ylabel("p99 latency (ms)")
-        ax.set_title("S1: 1000-member room, p99 vs load")
+        ax.set_title(f"S1: {largest.split('x')[0]}-member room, p99 vs load")
         ax.legend()
     ax = axes[0][1]
     if s1:
@@ -446,7 +448,7 @@ def chart_write(results: dict[str, Any], path: Path) -> None:
             peaks = [s1_summary(s1[c][name])["peak"] or 0 if name in s1[c] else 0 for c in configs]
             ax.bar([x + i * width for x in range(len(configs))], peaks, width, color=COLORS.get(name), label=name)
         ax.set_xticks([x + width * (len(rows) - 1) / 2 for x in range(len(configs))])
-        ax.set_xticklabels([c.replace("x", " members × ") + " rooms" for c in configs])
+        ax.set_xticklabels([c.replace("x", " members x ") + " rooms" for c in configs])
         ax.set_yscale("log")
         ax.set_ylabel("peak deliveries/s")
         ax.set_title("S1: peak deliveries/s")
@@ -461,7 +463,7 @@ def chart_write(results: dict[str, Any], path: Path) -> None:
             values = [(s2[c].get(name) or {}).get("overhead_p99_ms") or 0 for c in configs]
             ax.bar([x + i * width for x in range(len(configs))], values, width, color=COLORS.get(name), label=name)
         ax.set_xticks([x + width * (len(rows) - 1) / 2 for x in range(len(configs))])
-        ax.set_xticklabels([c.replace("x", " replies × ") + " members" for c in configs])
+        ax.set_xticklabels([c.replace("x", " replies x ") + " members" for c in configs])
         ax.set_ylabel("relay overhead p99 (ms)")
         ax.set_title("S2: token relay overhead")
         ax.legend()

@@ -101,6 +101,9 @@ def main(argv: list[str] | None = None) -> int:
         }
     }
     clock = time.monotonic()
+    stem = args.name or started.strftime("%Y-%m-%d-%H%M")
+    args.out.mkdir(parents=True, exist_ok=True)
+    json_path = args.out / f"{stem}.json"
     try:
         runners = {
             "S1": scenarios.s1_fanout,
@@ -117,13 +120,12 @@ def main(argv: list[str] | None = None) -> int:
                 results[name] = runner(ctx, plan, targets, results.get("S1"))
             else:
                 results[name] = runner(ctx, plan, targets)
+            # Written after every scenario, so an interrupted run still leaves its numbers.
+            json_path.write_text(json.dumps(results, indent=1, default=str) + "\n")
     finally:
         procs.stop_all()
-    results["meta"]["duration_s"] = round(time.monotonic() - clock, 1)
-    stem = args.name or started.strftime("%Y-%m-%d-%H%M")
-    args.out.mkdir(parents=True, exist_ok=True)
-    json_path = args.out / f"{stem}.json"
-    json_path.write_text(json.dumps(results, indent=1, default=str) + "\n")
+        results["meta"]["duration_s"] = round(time.monotonic() - clock, 1)
+        json_path.write_text(json.dumps(results, indent=1, default=str) + "\n")
     md_path = report.report_write(results, args.out, stem)
     print(f"report: {md_path}\nraw:    {json_path}", file=sys.stderr)
     return 0

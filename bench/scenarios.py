@@ -35,6 +35,7 @@ class Plan:
     s3_idle_s: float
     s2_configs: list[tuple[int, int]]  # (concurrent replies, members per room)
     s2_tokens: int
+    s2_grace_s: float
     s4_seconds: float
     s4_members: int = 1000
     s4_window_s: float = 10.0
@@ -46,26 +47,29 @@ class Plan:
         if quick:
             return cls(
                 quick=True,
-                s1_configs=[(1000, 1)],
+                s1_configs=[(300, 1)],
                 s1_rates=[5_000, 20_000, 50_000],
                 s1_step_s=1.5,
                 s1_drain_s=4.0,
                 s1_probes=5,
                 s1_stop_p99_ms=2000,
-                s3_sizes=[1000],
+                s3_sizes=[500],
                 s3_idle_s=3.0,
                 s2_configs=[(1, 10), (5, 10)],
                 s2_tokens=60,
-                s4_seconds=30,
-                s4_members=200,
+                s2_grace_s=8.0,
+                s4_seconds=20,
+                s4_members=100,
                 s4_window_s=3.0,
                 s4_reply_every_s=5.0,
             )
         return cls(
             quick=False,
             s1_configs=[(1000, 1), (100, 10), (10, 100)],
-            s1_rates=[1_000, 2_000, 5_000, 10_000, 20_000, 30_000, 40_000, 50_000, 60_000, 70_000, 80_000]
-            + [90_000, 100_000, 120_000, 150_000],
+            s1_rates=[
+                *(1_000, 2_000, 5_000, 10_000, 20_000, 30_000, 40_000, 50_000),
+                *(60_000, 70_000, 80_000, 90_000, 100_000, 120_000, 150_000),
+            ],
             s1_step_s=4.0,
             s1_drain_s=10.0,
             s1_probes=30,
@@ -74,6 +78,7 @@ class Plan:
             s3_idle_s=30.0,
             s2_configs=[(1, 20), (2, 20), (5, 20), (10, 20), (20, 20), (50, 20), (100, 20)],
             s2_tokens=300,
+            s2_grace_s=20.0,
             s4_seconds=600,
         )
 
@@ -90,7 +95,7 @@ def loadgen_run(ctx: Context, job: dict[str, Any], timeout: float) -> dict[str, 
         text=True,
         start_new_session=True,
     )
-    procs._children.append(proc)  # noqa: SLF001 - cleaned up with the other children
+    procs._children.append(proc)
     try:
         out, _ = proc.communicate(json.dumps(job), timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -107,10 +112,11 @@ def with_server(ctx: Context, target: Target, rooms: list[str], run: Any, users:
     """Start `target`, call `run(server)`, always stop it; failures become an `error` entry."""
     started = time.monotonic()
     server: Server | None = None
+    result: dict[str, Any] = {"error": "interrupted"}
     try:
         server = target.start(ctx, rooms, users)
         result = run(server)
-    except Exception as exc:  # noqa: BLE001 - one row failing must not sink the report
+    except Exception as exc:
         logger.exception("%s failed", target.name)
         result = {"error": f"{type(exc).__name__}: {exc}"}
     finally:
@@ -196,10 +202,10 @@ def upstream_start(ctx: Context) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=open(ctx.workdir / "upstream.err", "ab"),  # noqa: SIM115
         text=True,
-        preexec_fn=lambda: procs.os.sched_setaffinity(0, {ctx.client_core}),  # noqa: PLW1509
+        preexec_fn=lambda: procs.os.sched_setaffinity(0, {ctx.client_core}),
         start_new_session=True,
     )
-    procs._children.append(proc)  # noqa: SLF001
+    procs._children.append(proc)
     port = int(proc.stdout.readline().strip())
     ctx.openai_base_url = f"http://127.0.0.1:{port}/v1"
     ctx.upstream_log = str(log)
@@ -216,6 +222,8 @@ def s2_tokens(ctx: Context, plan: Plan, targets: list[Target]) -> dict[str, Any]
             out[key] = {}
             rooms = [f"s2-{i}" for i in range(replies)]
             for target in targets:
+                if not target.has_assistant:
+                    continue
                 if target.name in failed:
                     out[key][target.name] = {"error": "skipped: failed at a lower concurrency"}
                     continue
@@ -230,6 +238,7 @@ def s2_tokens(ctx: Context, plan: Plan, targets: list[Target]) -> dict[str, Any]
                         "tps": 60,
                         "step": 1000 + step,
                         "upstream_log": ctx.upstream_log,
+                        "grace_s": plan.s2_grace_s,
                     }
                     return loadgen_run(ctx, job, timeout=120 + plan.s2_tokens / 60 + len(rooms) * members / 50)
 
@@ -248,7 +257,7 @@ def s2_tokens(ctx: Context, plan: Plan, targets: list[Target]) -> dict[str, Any]
 
 def s1_knee(s1: dict[str, Any] | None, target: str) -> int | None:
     """The row's S1 knee in the 1000-member room: highest offered rate with p99 < 100 ms, nothing lost."""
-    table = (s1 or {}).get("1000x1", {})
+    table = next(iter((s1 or {}).values()), {})
     knee = None
     for step in (table.get(target) or {}).get("steps") or []:
         if step["p99_ms"] < 100 and not step["drops"] and step["drained"]:
@@ -270,6 +279,7 @@ def s4_soak(ctx: Context, plan: Plan, targets: list[Target], s1: dict[str, Any] 
                     **server_job(server),
                     "kind": "s4",
                     "rooms": [{"path": server.room_path("s4-0"), "size": plan.s4_members}],
+                    "members_note": "one room",
                     "seconds": plan.s4_seconds,
                     "rate_dps": rate,
                     "churn_per_min": 0.10,

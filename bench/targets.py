@@ -72,6 +72,7 @@ class Target:
     name = ""
     protocol = ""
     needs_redis = False
+    has_assistant = True
 
     def start(self, ctx: Context, rooms: list[str], users: int = 1) -> Server:
         raise NotImplementedError
@@ -107,6 +108,8 @@ def _server_command(ctx: Context, name: str, args: list[str]) -> list[str]:
 class Ceiling(Target):
     name = "ceiling"
     protocol = "ceiling"
+    # A broadcast server has no model to relay: S2 has no ceiling row, S4 sends it no replies.
+    has_assistant = False
 
     def start(self, ctx: Context, rooms: list[str], users: int = 1) -> Server:
         port = procs.free_port()

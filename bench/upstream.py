@@ -45,7 +45,7 @@ class StampingServer(FakeServer):
 
     @staticmethod
     async def _event_write(writer: asyncio.StreamWriter, event: bytes, plan: _Plan) -> None:
-        await FakeServer._event_write(writer, event, plan)  # noqa: SLF001
+        await FakeServer._event_write(writer, event, plan)
         if b'"role"' not in event and "times" in plan.extra:
             plan.extra["times"].append(time.monotonic_ns() // 1000)
 

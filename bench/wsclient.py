@@ -126,7 +126,7 @@ class WSClient(asyncio.Protocol):
             payload = bytes(buf[pos + head : end])
             pos = end
             opcode = b0 & 0x0F
-            if opcode == OP_TEXT or opcode == OP_BINARY:
+            if opcode in (OP_TEXT, OP_BINARY):
                 if b0 & 0x80:
                     self.frames += 1
                     self.on_frame(self, payload, now)
@@ -177,15 +177,18 @@ def handshake_build(host: str, port: int, path: str, headers: dict[str, str]) ->
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
+HANDSHAKE_TIMEOUT = 30.0
+
+
 async def ws_connect(
-    index: int, host: str, port: int, path: str, headers: dict[str, str], on_frame: FrameHandler, timeout: float = 30.0
+    index: int, host: str, port: int, path: str, headers: dict[str, str], on_frame: FrameHandler
 ) -> WSClient:
     loop = asyncio.get_running_loop()
     _, client = await asyncio.wait_for(
         loop.create_connection(
             lambda: WSClient(index, handshake_build(host, port, path, headers), on_frame), host, port
         ),
-        timeout,
+        HANDSHAKE_TIMEOUT,
     )
-    await asyncio.wait_for(client.opened, timeout)
+    await asyncio.wait_for(client.opened, HANDSHAKE_TIMEOUT)
     return client

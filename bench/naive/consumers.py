@@ -26,7 +26,7 @@ _tasks: set[asyncio.Task] = set()
 
 
 def openai_client() -> AsyncOpenAI:
-    global _client  # noqa: PLW0603 - one client per process, as the SDK recommends
+    global _client
     if _client is None:
         _client = AsyncOpenAI(base_url=settings.OPENAI_BASE_URL, api_key="bench", max_retries=0)
     return _client
@@ -63,7 +63,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         )
 
 
-async def reply_stream(layer, group: str, prompt: str) -> None:  # noqa: ANN001 - channels has no layer type
+async def reply_stream(layer, group: str, prompt: str) -> None:
     reply_id = prompt.split("~", 2)[1] if prompt.count("~") >= 2 else prompt[:32]
     seq = 0
     try:

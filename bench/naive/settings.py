@@ -7,7 +7,7 @@ default capacity and expiry, pointed at the benchmark's own redis-server.
 
 import os
 
-SECRET_KEY = "bench-naive-not-secret"  # noqa: S105 - loopback benchmark only
+SECRET_KEY = "bench-naive-not-secret"
 DEBUG = False
 ALLOWED_HOSTS = ["127.0.0.1", "localhost"]
 INSTALLED_APPS = ["daphne", "channels"]
