@@ -16,6 +16,7 @@ from autobahn.exception import Disconnected
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
+from redis.exceptions import RedisError
 
 from . import events, presence, selectors
 from .assistant import background_ensure, reply_cancel
@@ -46,6 +47,14 @@ def _int_field(payload: dict[str, Any], name: str, *, required: bool = True, min
     return value
 
 
+async def _refuse_raw(receive: Any, send: Any, code: int) -> None:
+    """Accept and close a socket at the ASGI level, before any consumer machinery."""
+    message = await receive()
+    if message["type"] == "websocket.connect":
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.close", "code": code})
+
+
 class RoomConsumer(AsyncWebsocketConsumer):
     room: Room | None = None
     username: str = ""
@@ -59,8 +68,20 @@ class RoomConsumer(AsyncWebsocketConsumer):
     # --- Lifecycle ------------------------------------------------------------
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        # Channels opens the socket's channel before any handler runs; while Redis
+        # is down that would fail as an "Exception inside application" (HTTP 500)
+        # on every reconnect attempt. Refuse those cleanly instead: 4503, retry.
+        if not layer_health.healthy:
+            await _refuse_raw(receive, send, events.CLOSE_UNAVAILABLE)
+            return
         try:
             await super().__call__(scope, receive, send)
+        except (RedisError, OSError) as exc:
+            if getattr(self, "channel_name", None):
+                raise
+            logger.warning("channel layer unavailable for a new socket: %s", type(exc).__name__)
+            layer_health.report_failure()
+            await _refuse_raw(receive, send, events.CLOSE_UNAVAILABLE)
         finally:
             # A handler that raised ends the consumer without disconnect(): the
             # refresher would otherwise re-add a dead channel to its groups and
@@ -175,7 +196,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
         for group in self.groups_joined:
             try:
                 await self.channel_layer.group_discard(group, self.channel_name)
-            except Exception:  # noqa: BLE001 - the layer may be what failed
+            except Exception:
                 logger.debug("group_discard failed", exc_info=True)
         if self.room is None:
             return
@@ -282,7 +303,8 @@ class RoomConsumer(AsyncWebsocketConsumer):
         elif kind == events.ASSISTANT_CANCEL:
             await self._assistant_cancel(payload)
         elif kind == events.PING:
-            await self.send(text_data=events.pong_frame())
+            last_seq, streaming = await database_sync_to_async(selectors.room_sync_state)(self.room)
+            await self.send(text_data=events.pong_frame(last_seq, streaming))
         else:
             raise BadFrame(events.BAD_REQUEST, f"unknown type {kind[:40]!r}")
 
@@ -347,9 +369,8 @@ class RoomConsumer(AsyncWebsocketConsumer):
         elif kind == "assistant.delta":
             if event["seq"] <= self.hello_stream_seq.get(event["reply_id"], 0):
                 return
-        elif kind == "assistant.end":
-            if event["reply_id"] in self.hello_final_ids:
-                return
+        elif kind == "assistant.end" and event["reply_id"] in self.hello_final_ids:
+            return
         await self.send(text_data=event["frame"])
 
     async def user_logout(self, event: dict[str, Any]) -> None:

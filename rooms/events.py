@@ -23,7 +23,6 @@ ASSISTANT_START = "assistant.start"
 ASSISTANT_DELTA = "assistant.delta"
 ASSISTANT_END = "assistant.end"
 ASSISTANT_QUEUED = "assistant.queued"
-ASSISTANT_CANCELLED = "assistant.cancelled"
 
 # Client -> server frame types.
 MESSAGE_SEND = "message.send"
@@ -136,8 +135,10 @@ def error_frame(code: str, detail: str, client_id: str | None = None) -> str:
     return dumps(payload)
 
 
-def pong_frame() -> str:
-    return dumps({"type": PONG})
+def pong_frame(last_seq: int, streaming: list[int]) -> str:
+    """The room's newest seq and the replies still being written, so a client
+    that pings can notice a lost last event even in a quiet room."""
+    return dumps({"type": PONG, "last_seq": last_seq, "streaming": streaming})
 
 
 def assistant_start_frame(reply: Message) -> str:
@@ -161,10 +162,6 @@ def assistant_end_frame(reply: Message) -> str:
 
 def assistant_queued_frame(in_reply_to: int, position: int) -> str:
     return dumps({"type": ASSISTANT_QUEUED, "in_reply_to": in_reply_to, "position": position})
-
-
-def assistant_cancelled_frame(reply_id: int, username: str) -> str:
-    return dumps({"type": ASSISTANT_CANCELLED, "reply_id": reply_id, "by": username})
 
 
 # --- Channel-layer envelopes ------------------------------------------------

@@ -78,6 +78,8 @@ class LayerHealth:
         if not self._failed:
             self._failed = True
             asyncio.get_running_loop().create_task(self._close_all())
+        # The watch is what clears the failure once Redis answers again.
+        self._ensure_task()
 
     @property
     def healthy(self) -> bool:
@@ -112,7 +114,7 @@ class LayerHealth:
         for consumer in sockets:
             try:
                 await consumer.close_for_outage()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 logger.debug("close during outage failed", exc_info=True)
 
 

@@ -68,6 +68,17 @@ def message_list_before(room: Room, before_id: int, limit: int) -> tuple[list[Me
     return rows, has_more
 
 
+def room_sync_state(room: Room) -> tuple[int, list[int]]:
+    """The room's last seq and the ids of replies still streaming."""
+    last_seq = Room.objects.filter(pk=room.pk).values_list("last_seq", flat=True).first() or 0
+    streaming = list(
+        Message.objects.filter(room=room, role=Message.Role.ASSISTANT, status=Message.Status.STREAMING)
+        .order_by("seq")
+        .values_list("pk", flat=True)
+    )
+    return last_seq, streaming
+
+
 def reply_list_streaming(room: Room) -> list[Message]:
     return list(
         Message.objects.filter(room=room, role=Message.Role.ASSISTANT, status=Message.Status.STREAMING).order_by("seq")

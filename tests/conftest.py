@@ -37,3 +37,18 @@ def make_room(db) -> Callable[..., Room]:
 @pytest.fixture(autouse=True)
 def _fast_password_hashing(settings) -> None:
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Fast layers first, browser last: sync Playwright drives its own event loop
+    in this thread while it is open, so it must not overlap asyncio tests (its
+    fixtures are package-scoped and close before anything else runs)."""
+
+    def rank(item) -> int:
+        path = str(item.fspath)
+        for index, folder in enumerate(("/tests/system/", "/tests/faults/", "/tests/browser/"), start=1):
+            if folder in path:
+                return index
+        return 0
+
+    items.sort(key=rank)

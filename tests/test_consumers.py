@@ -261,3 +261,16 @@ async def test_bad_after_is_reported_not_fatal(make_user, make_room):
     assert hello["type"] == "hello"
     assert (await next_of(a1, "error"))["code"] == "bad_request"
     await a1.disconnect()
+
+
+async def test_pong_reports_room_state(make_user, make_room):
+    alice = await mk(make_user)("alice")
+    room = await mk(make_room)("pong")
+    a1, _ = await open_socket(alice, room.slug)
+    await a1.send_json_to({"type": "ping"})
+    assert await next_of(a1, "pong") == {"type": "pong", "last_seq": 0, "streaming": []}
+    await a1.send_json_to({"type": "message.send", "text": "one"})
+    await next_of(a1, "message")
+    await a1.send_json_to({"type": "ping"})
+    assert (await next_of(a1, "pong"))["last_seq"] == 1
+    await a1.disconnect()

@@ -27,13 +27,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.browser)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def fake_openai() -> Iterator[FakeOpenAI]:
     with FakeOpenAI(api_key="sk-browser-test") as fake:
         yield fake
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def stack(tmp_path_factory: pytest.TempPathFactory, fake_openai: FakeOpenAI) -> Iterator[Stack]:
     site = Stack(tmp_path_factory.mktemp("site"), openai_base_url=fake_openai.base_url)
     site.prepare(USERS, ROOMS)
@@ -55,7 +55,7 @@ def live_stack(stack: Stack) -> Stack:
     return stack
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def playwright_instance() -> Iterator[Playwright]:
     if not os.path.exists(CHROMIUM) and not shutil.which("chromium"):
         pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium (make test does this)")
@@ -63,7 +63,7 @@ def playwright_instance() -> Iterator[Playwright]:
         yield p
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser(playwright_instance: Playwright) -> Iterator[Browser]:
     executable = CHROMIUM if os.path.exists(CHROMIUM) else shutil.which("chromium")
     browser = playwright_instance.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS, headless=True)

@@ -67,6 +67,7 @@ const state = {
   resumeNow: false,
   stopped: false,
   pingTimer: null,
+  suspect: null,
   pongTimer: null,
   typers: new Map(), // username -> expiry timer
   typingActive: false,
@@ -355,14 +356,14 @@ function frameHandle(data) {
         });
       }
       break;
-    case "assistant.cancelled":
-      cancelledHandle(frame);
-      break;
     case "assistant.queued":
       queuedHandle(frame);
       break;
+    case "pong":
+      pongHandle(frame);
+      break;
     default:
-      break; // pong, and anything newer than this page
+      break; // anything newer than this page
   }
 }
 
@@ -392,6 +393,32 @@ function helloHandle(frame) {
   olderUpdate();
   pendingResendAll();
   pingStart();
+}
+
+// The transport may drop the last event of a quiet room, which no later seq
+// would reveal. Each pong carries the room's last seq and the replies still
+// streaming; a difference that survives a second look means a lost event, and
+// a resume (?after) brings it back.
+function pongHandle(frame) {
+  const behind = Number.isInteger(frame.last_seq) && frame.last_seq > state.lastSeq;
+  const live = new Set(Array.isArray(frame.streaming) ? frame.streaming : []);
+  const stale = [...state.streams.keys()].some((id) => !live.has(id));
+  if (!behind && !stale) {
+    state.suspect = null;
+    return;
+  }
+  const key = `${frame.last_seq}:${[...live].join(",")}`;
+  if (state.suspect === key) {
+    state.suspect = null;
+    if (state.ws) {
+      state.resumeNow = true;
+      state.ws.close(1000);
+    }
+    return;
+  }
+  // Events may still be on their way: look again shortly before resyncing.
+  state.suspect = key;
+  window.setTimeout(ping, 2000);
 }
 
 function messageArrive(message) {
@@ -432,16 +459,6 @@ function deltaHandle(frame) {
     const body = entry.el.querySelector(".msg-body");
     if (body) body.textContent = stream.text;
   });
-}
-
-function cancelledHandle(frame) {
-  const entry = state.messages.get(frame.reply_id);
-  if (!entry) return;
-  const button = entry.el.querySelector("button.stop");
-  if (button) {
-    button.disabled = true;
-    button.textContent = frame.by ? `Stopped by ${frame.by}` : "Stopped";
-  }
 }
 
 function queuedHandle(frame) {
