@@ -301,19 +301,19 @@ def s4_section(s4: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
         "and replies streaming. Drift compares the last quarter of the run with the first.",
         "",
         "| row | seconds | rate dps | p99 first→last ms | RSS first→last MiB | redis keys first→last "
-        "| lost | dupes | reconnects | targets |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| lost | dupes | coverage gaps | reconnects (server-closed) | targets |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     verdicts: list[dict[str, Any]] = []
     for name in _rows(s4):
         r = s4[name]
         if "error" in r:
-            lines.append(f"| {name} | error: {r['error']} | | | | | | | | |")
+            lines.append(f"| {name} | error: {r['error']} | | | | | | | | | |")
             continue
         d = r.get("drift", {})
         notes = []
         if name.startswith("ours"):
-            ok = bool(d.get("no_upward_drift")) and r.get("lost", 1) == 0
+            ok = bool(d.get("no_upward_drift")) and r.get("lost", 1) == 0 and r.get("coverage_gaps", 1) == 0
             notes.append(f"no upward drift, zero loss: {_verdict(ok)}")
             verdicts.append(
                 {
@@ -330,7 +330,8 @@ def s4_section(s4: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
             f"| {_num(d.get('p99_first_ms'), 1)} → {_num(d.get('p99_last_ms'), 1)} "
             f"| {_num(d.get('rss_first_mib'), 1)} → {_num(d.get('rss_last_mib'), 1)} "
             f"| {_num(d.get('keys_first'))} → {_num(d.get('keys_last'))} | {_num(r.get('lost'))} "
-            f"| {_num(r.get('dupes'))} | {_num(r.get('reconnects'))} | {'<br>'.join(notes)} |"
+            f"| {_num(r.get('dupes'))} | {_num(r.get('coverage_gaps'))} "
+            f"| {_num(r.get('reconnects'))} ({_num(r.get('unexpected_closes'))}) | {'<br>'.join(notes)} |"
         )
     lines.append("")
     return lines, verdicts
@@ -450,6 +451,7 @@ def chart_write(results: dict[str, Any], path: Path) -> None:
         ax.set_xticks([x + width * (len(rows) - 1) / 2 for x in range(len(configs))])
         ax.set_xticklabels([c.replace("x", " members x ") + " rooms" for c in configs])
         ax.set_yscale("log")
+        ax.set_ylim(bottom=100)
         ax.set_ylabel("peak deliveries/s")
         ax.set_title("S1: peak deliveries/s")
         ax.legend()

@@ -46,6 +46,9 @@ def args_parse(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--ours-db", choices=("sqlite", "postgres"), default="sqlite")
     parser.add_argument("--soak-seconds", type=float, help="override S4's duration")
+    parser.add_argument("--s1-configs", help="override S1's rooms, e.g. 1000x1,10x100 (members x rooms)")
+    parser.add_argument("--s2-max", type=int, help="S2: stop the ladder of concurrent replies at this K")
+    parser.add_argument("--s3-sizes", help="override S3's socket counts, e.g. 1000,10000")
     parser.add_argument("--profile", choices=("", "py-spy"), default="", help="record a flame graph of each server")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where the report goes")
     parser.add_argument("--name", help="report file stem (default: the date and time)")
@@ -80,6 +83,12 @@ def main(argv: list[str] | None = None) -> int:
     plan = scenarios.Plan.build(args.quick)
     if args.soak_seconds:
         plan.s4_seconds = args.soak_seconds
+    if args.s1_configs:
+        plan.s1_configs = [tuple(int(n) for n in c.split("x")) for c in args.s1_configs.split(",")]
+    if args.s2_max:
+        plan.s2_configs = [c for c in plan.s2_configs if c[0] <= args.s2_max]
+    if args.s3_sizes:
+        plan.s3_sizes = [int(n) for n in args.s3_sizes.split(",")]
     server_core, client_core = procs.cores()
     workdir = procs.temp_workdir()
     ctx = Context(workdir=workdir, server_core=server_core, client_core=client_core, redis_core=server_core)
