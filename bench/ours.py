@@ -73,10 +73,11 @@ class Ours(Target):
     protocol = "ours"
     needs_redis = True
 
-    def __init__(self, name: str, layer: str, db: str = "sqlite") -> None:
+    def __init__(self, name: str, layer: str, db: str = "sqlite", app: str = "chatsite.asgi:application") -> None:
         self.name = name
         self.layer = layer
         self.db = db
+        self.app = app
         self._ready: tuple[bool, str] | None = None
         self._starts = 0
 
@@ -128,7 +129,7 @@ class Ours(Target):
             info = json.loads(line.removeprefix("BENCH-SETUP "))
             port = procs.free_port()
             proc = procs.spawn(
-                daphne_command(ctx, self.name, port, "chatsite.asgi:application"),
+                daphne_command(ctx, self.name, port, self.app),
                 core=ctx.server_core,
                 env=env,
                 log_path=log_path,

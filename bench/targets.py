@@ -163,4 +163,6 @@ def targets_all() -> dict[str, Target]:
         "naive": Naive(),
         "ours": Ours("ours", layer="pubsub"),
         "ours-core": Ours("ours-core", layer="core"),
+        # Experiments (not in the default run): the project with one measured cost removed.
+        "ours-nohop": Ours("ours-nohop", layer="pubsub", app="bench.experiments.ours_no_dispatch_hop:application"),
     }
