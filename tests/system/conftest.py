@@ -12,7 +12,7 @@ import pytest
 from tests.stack import Stack
 from tests.system.wsclient import RoomClient
 
-USERS = ["alice", "bob", "carol", "dave"]
+USERS = ["alice", "bob", "carol", "dave", "erin"]
 _slugs = itertools.count(1)
 
 
