@@ -23,11 +23,14 @@ import math
 import os
 import re
 import resource
+import signal
+import subprocess
 import sys
 import time
 from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -64,6 +67,27 @@ def latency_summary(values: array) -> dict[str, float]:
 def client_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
+
+
+def profile_start(job: dict[str, Any]) -> subprocess.Popen | None:
+    """py-spy on the server for the measured phase, when the job asks for it."""
+    spec = job.get("profile")
+    if not spec:
+        return None
+    from bench.profiling import pyspy_start
+
+    return pyspy_start(job["pids"]["server"], Path(spec["path"]), spec["seconds"])
+
+
+def profile_finish(proc: subprocess.Popen | None, stop: bool = False) -> None:
+    if proc is None:
+        return
+    if stop and proc.poll() is None:
+        proc.send_signal(signal.SIGINT)  # py-spy writes what it has on SIGINT
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
 
 
 class Meter:
@@ -349,6 +373,7 @@ async def fanout_run(job: dict[str, Any]) -> dict[str, Any]:
     result["probe"] = probe
 
     # Ramp: rising deliveries/s until p99 blows past the limit, messages drop or it can't drain.
+    profiler = profile_start(job)
     steps = []
     room_size = rooms[0]["size"]
     for number, rate in enumerate(job["rates"], start=2):
@@ -401,6 +426,7 @@ async def fanout_run(job: dict[str, Any]) -> dict[str, Any]:
         if not drained or step["drops"] or step["p99_ms"] > job["stop_p99_ms"] or step["open_sockets"] < len(paths):
             break
     result["steps"] = steps
+    profile_finish(profiler)
     result["late_frames"] = fleet.late
     result["open_sockets_end"] = fleet.open_count()
     await fleet.close_all()
@@ -423,7 +449,9 @@ async def idle_run(job: dict[str, Any]) -> dict[str, Any]:
     rss_before = meter.rss()
     paths = [room_paths[i % len(room_paths)] for i in range(count)]
     cpu_before = meter.cpu()
+    profiler = profile_start(job)
     opened, connect_s, failures = await fleet.connect_many(paths, job.get("concurrency", 50))
+    profile_finish(profiler, stop=True)
     cpu_connect = Meter.delta(cpu_before, meter.cpu())
     await asyncio.sleep(job.get("settle_s", 1.0))
     rss_connected = meter.rss()

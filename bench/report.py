@@ -53,7 +53,7 @@ def s1_summary(result: dict[str, Any]) -> dict[str, Any]:
         "probe_p99": probe.get("p99_ms"),
         "probe_all_p99": probe.get("all_p99_ms"),
         "drops": sum(step["drops"] for step in steps) + probe.get("drops", 0),
-        "cpu_per_delivery": min((s["server_cpu_per_delivery_us"] for s in steps), default=None),
+        "cpu_per_delivery": min((s["server_cpu_per_delivery_us"] for s in steps if s["delivered"]), default=None),
         "client_busy": busiest,
         "last_rate": steps[-1]["rate_target"] if steps else None,
     }
@@ -189,20 +189,22 @@ def s2_section(s2: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
             if name == "naive":
                 naive_ok[config] = r.get("overhead_p99_ms") or float("nan")
     lines.append("")
-    # Concurrency each row sustains at the naive design's overhead (p99 within naive's, text intact).
+    # Concurrency each row sustains at the naive design's overhead: p99 within naive's at its lightest
+    # load (or 100 ms, whichever is larger), every text intact.
+    lightest = min(naive_ok, key=lambda c: int(c.split("x")[0]), default=None)
+    budget = max(LATENCY_LIMIT_MS, naive_ok.get(lightest, 0) if lightest else 0)
     sustained: dict[str, int] = {}
     for config, table in s2.items():
         replies = int(config.split("x")[0])
         for name, r in table.items():
             if "error" in r or r.get("intact") != r.get("replies_expected"):
                 continue
-            limit = max(naive_ok.values(), default=float("nan"))
-            if r.get("overhead_p99_ms", math.inf) <= max(limit, LATENCY_LIMIT_MS):
+            if r.get("overhead_p99_ms", math.inf) <= budget:
                 sustained[name] = max(sustained.get(name, 0), replies)
     if sustained:
         lines += [
-            "Concurrent replies sustained with p99 overhead at or under the naive design's worst "
-            f"(or {LATENCY_LIMIT_MS:.0f} ms) and every text intact: "
+            f"Concurrent replies sustained with p99 overhead ≤ {budget:.0f} ms (the naive design's p99 at its "
+            f"lightest load, or {LATENCY_LIMIT_MS:.0f} ms if larger) and every text intact: "
             + ", ".join(f"{name} {count}" for name, count in sorted(sustained.items())),
             "",
         ]
@@ -397,8 +399,7 @@ def report_write(results: dict[str, Any], out: Path, stem: str) -> Path:
             lines.append(f"| {v['scenario']}{where} | {v['row']} | {v['what']} | {v['shown']} | {_verdict(v['ok'])} |")
         lines.append("")
     lines += body
-    if results.get("profile"):
-        lines += ["## Profiles", "", *results["profile"], ""]
+    lines += profiles_section(results)
     path = out / f"{stem}.md"
     path.write_text("\n".join(lines) + "\n")
     try:
@@ -406,6 +407,42 @@ def report_write(results: dict[str, Any], out: Path, stem: str) -> Path:
     except Exception as exc:  # noqa: BLE001 - a chart failure must not lose the report
         path.write_text(path.read_text() + f"\n(chart failed: {exc!r})\n")
     return path
+
+
+def profiles_section(results: dict[str, Any]) -> list[str]:
+    """py-spy summaries attached to rows: where the server's samples went."""
+    found = []
+    for scenario, phase in (("S1", "fan-out ramp"), ("S3", "handshakes")):
+        for config, table in (results.get(scenario) or {}).items():
+            if not isinstance(table, dict):
+                continue
+            for name, result in table.items():
+                if isinstance(result, dict) and result.get("profile"):
+                    found.append((scenario, phase, config, name, result["profile"]))
+    if not found:
+        return []
+    lines = [
+        "## Where the server's time goes (py-spy)",
+        "",
+        "Share of py-spy samples of the server process (all threads, 100 Hz, non-blocking) during the phase. "
+        "*Inclusive*: the frame was on the stack; *self*: it was the leaf. Event-loop plumbing every sample "
+        "shares is left out.",
+        "",
+    ]
+    for scenario, phase, config, name, profile in found:
+        lines += [
+            f"### {name}: {scenario} {config}, {phase} ({profile['samples_s']} s of samples)",
+            "",
+            "| inclusive % | frame | | self % | frame |",
+            "|---:|---|---|---:|---|",
+        ]
+        inclusive, leaf = profile["inclusive"], profile["self"]
+        for i in range(max(len(inclusive), len(leaf))):
+            a = inclusive[i] if i < len(inclusive) else ["", ""]
+            b = leaf[i] if i < len(leaf) else ["", ""]
+            lines.append(f"| {a[1]} | `{a[0]}` | | {b[1]} | `{b[0]}` |")
+        lines.append("")
+    return lines
 
 
 COLORS = {"ceiling": "#2b8a3e", "naive": "#c92a2a", "ours": "#1c7ed6", "ours-core": "#7048e8"}
@@ -427,7 +464,7 @@ def chart_write(results: dict[str, Any], path: Path) -> None:
             steps = first[name].get("steps") or []
             if steps:
                 ax.plot(
-                    [s["achieved_dps"] for s in steps],
+                    [s["rate_target"] for s in steps],
                     [max(s["p99_ms"], 0.1) for s in steps],
                     "o-",
                     color=COLORS.get(name),
@@ -436,7 +473,7 @@ def chart_write(results: dict[str, Any], path: Path) -> None:
         ax.axhline(LATENCY_LIMIT_MS, color="grey", linestyle="--", linewidth=1)
         ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.set_xlabel("deliveries/s achieved")
+        ax.set_xlabel("deliveries/s offered")
         ax.set_ylabel("p99 latency (ms)")
         ax.set_title(f"S1: {largest.split('x')[0]}-member room, p99 vs load")
         ax.legend()
@@ -462,10 +499,12 @@ def chart_write(results: dict[str, Any], path: Path) -> None:
         rows = [n for n in ROW_ORDER if any(n in s2[c] for c in configs)]
         width = 0.8 / max(1, len(rows))
         for i, name in enumerate(rows):
-            values = [(s2[c].get(name) or {}).get("overhead_p99_ms") or 0 for c in configs]
+            values = [(s2[c].get(name) or {}).get("overhead_p99_ms") or 0.1 for c in configs]
             ax.bar([x + i * width for x in range(len(configs))], values, width, color=COLORS.get(name), label=name)
         ax.set_xticks([x + width * (len(rows) - 1) / 2 for x in range(len(configs))])
-        ax.set_xticklabels([c.replace("x", " replies x ") + " members" for c in configs])
+        ax.set_xticklabels(configs)
+        ax.set_xlabel("concurrent replies x members")
+        ax.set_yscale("log")
         ax.set_ylabel("relay overhead p99 (ms)")
         ax.set_title("S2: token relay overhead")
         ax.legend()

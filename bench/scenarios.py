@@ -12,9 +12,11 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from bench import procs
+from bench.profiling import speedscope_summary
 from bench.targets import Context, Server, Target
 
 logger = logging.getLogger("bench.scenarios")
@@ -108,6 +110,19 @@ def loadgen_run(ctx: Context, job: dict[str, Any], timeout: float) -> dict[str, 
     return json.loads(out.strip().splitlines()[-1])
 
 
+def profile_wanted(ctx: Context, target: Target, first: bool) -> bool:
+    """Profile ours rows in the first configuration of S1 and S3 (or every row with --profile)."""
+    return ctx.profile == "py-spy" or (first and target.name.startswith("ours"))
+
+
+def profile_attach(result: dict[str, Any], job: dict[str, Any]) -> None:
+    spec = job.get("profile")
+    if spec:
+        summary = speedscope_summary(Path(spec["path"]))
+        if summary:
+            result["profile"] = summary
+
+
 def with_server(ctx: Context, target: Target, rooms: list[str], run: Any, users: int = 20) -> dict[str, Any]:
     """Start `target`, call `run(server)`, always stop it; failures become an `error` entry."""
     started = time.monotonic()
@@ -150,7 +165,9 @@ def s1_fanout(ctx: Context, plan: Plan, targets: list[Target]) -> dict[str, Any]
         for target in targets:
             print(f"S1 {key} {target.name}", file=sys.stderr, flush=True)
 
-            def run(server: Server, rooms: list[str] = rooms, size: int = size) -> dict[str, Any]:
+            def run(
+                server: Server, rooms: list[str] = rooms, size: int = size, count: int = count, target: Target = target
+            ) -> dict[str, Any]:
                 job = {
                     **server_job(server),
                     "kind": "s1",
@@ -161,8 +178,12 @@ def s1_fanout(ctx: Context, plan: Plan, targets: list[Target]) -> dict[str, Any]
                     "probe_messages": plan.s1_probes,
                     "stop_p99_ms": plan.s1_stop_p99_ms,
                 }
+                if profile_wanted(ctx, target, first=(size, count) == plan.s1_configs[0]):
+                    job["profile"] = {"path": str(ctx.workdir / f"s1-{target.name}.speedscope.json"), "seconds": 12}
                 timeout = 120 + len(plan.s1_rates) * (plan.s1_step_s + plan.s1_drain_s + 5)
-                return loadgen_run(ctx, job, timeout)
+                result = loadgen_run(ctx, job, timeout)
+                profile_attach(result, job)
+                return result
 
             out[key][target.name] = with_server(ctx, target, rooms, run)
     return out
@@ -176,7 +197,9 @@ def s3_idle(ctx: Context, plan: Plan, targets: list[Target]) -> dict[str, Any]:
         for target in targets:
             print(f"S3 {size} {target.name}", file=sys.stderr, flush=True)
 
-            def run(server: Server, rooms: list[str] = rooms, size: int = size) -> dict[str, Any]:
+            def run(
+                server: Server, rooms: list[str] = rooms, size: int = size, target: Target = target
+            ) -> dict[str, Any]:
                 job = {
                     **server_job(server),
                     "kind": "s3",
@@ -184,7 +207,10 @@ def s3_idle(ctx: Context, plan: Plan, targets: list[Target]) -> dict[str, Any]:
                     "sockets": size,
                     "idle_s": plan.s3_idle_s,
                 }
+                if profile_wanted(ctx, target, first=size == plan.s3_sizes[0]):
+                    job["profile"] = {"path": str(ctx.workdir / f"s3-{target.name}.speedscope.json"), "seconds": 60}
                 result = loadgen_run(ctx, job, timeout=300 + size / 20)
+                profile_attach(result, job)
                 if server.redis:
                     result["redis_keys"] = server.redis.key_count()
                 return result

@@ -89,19 +89,7 @@ def _origin_headers(port: int) -> dict[str, str]:
 
 
 def _server_command(ctx: Context, name: str, args: list[str]) -> list[str]:
-    if ctx.profile == "py-spy":
-        out = ctx.workdir / f"profile-{name}.svg"
-        return [
-            str(Path(procs.PYTHON).parent / "py-spy"),
-            "record",
-            "--nonblocking",
-            "-r",
-            "200",
-            "-o",
-            str(out),
-            "--",
-            *args,
-        ]
+    """The server's command line (profiling attaches to the running process instead of wrapping it)."""
     return args
 
 
