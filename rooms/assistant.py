@@ -25,7 +25,7 @@ from django.conf import settings
 from . import events, selectors, services
 from .llm import ChatRequest, Delta, Finished, ProviderError, provider_get
 from .models import Message, Room
-from .realtime import group_send_safe, room_group, task_spawn
+from .realtime import group_publish, group_send_safe, room_group, task_spawn
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +86,15 @@ def background_ensure() -> None:
             _background[name] = asyncio.get_running_loop().create_task(factory(), name=f"assistant-{name}")
 
 
+async def background_stop() -> None:
+    tasks = list(_background.values())
+    _background.clear()
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        await asyncio.wait(tasks, timeout=5)
+
+
 async def _control_loop() -> None:
     layer = get_channel_layer()
     while True:
@@ -129,7 +138,9 @@ async def reply_sweep() -> None:
 
 
 async def _announce(room_id: int, envelope: dict[str, object]) -> None:
-    await group_send_safe(room_group(room_id), envelope)
+    # Awaited: a reply's frames go out in order with the room's other events,
+    # and a slow layer slows the reply rather than piling frames up.
+    await group_publish(room_group(room_id), envelope)
 
 
 async def _reply_worker(room_id: int, request_id: int) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import uuid
 from collections import deque
 from typing import Any
 from urllib.parse import parse_qs
@@ -16,13 +17,12 @@ from autobahn.exception import Disconnected
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
-from redis.exceptions import RedisError
 
 from . import events, presence, selectors
 from .assistant import background_ensure, reply_cancel
 from .models import Message, Room
 from .ratelimit import rate_hit
-from .realtime import group_send_safe, layer_health, room_group, user_group
+from .realtime import group_publish, hub, layer_health, room_group, user_group
 from .services import ServiceError, message_send
 
 logger = logging.getLogger(__name__)
@@ -64,24 +64,18 @@ class RoomConsumer(AsyncWebsocketConsumer):
     close_deferred: int | None = None
     refresher: asyncio.Task[None] | None = None
     groups_joined: list[str] = []
+    # No channel of its own: the process's GroupHub delivers group messages.
+    channel_layer_alias = "__hub__"
 
     # --- Lifecycle ------------------------------------------------------------
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        # Channels opens the socket's channel before any handler runs; while Redis
-        # is down that would fail as an "Exception inside application" (HTTP 500)
-        # on every reconnect attempt. Refuse those cleanly instead: 4503, retry.
+        # While Redis is down, refuse new sockets before any work: 4503, retry.
         if not layer_health.healthy:
             await _refuse_raw(receive, send, events.CLOSE_UNAVAILABLE)
             return
         try:
             await super().__call__(scope, receive, send)
-        except (RedisError, OSError) as exc:
-            if getattr(self, "channel_name", None):
-                raise
-            logger.warning("channel layer unavailable for a new socket: %s", type(exc).__name__)
-            layer_health.report_failure()
-            await _refuse_raw(receive, send, events.CLOSE_UNAVAILABLE)
         finally:
             # A handler that raised ends the consumer without disconnect(): the
             # refresher would otherwise re-add a dead channel to its groups and
@@ -91,6 +85,9 @@ class RoomConsumer(AsyncWebsocketConsumer):
     async def connect(self) -> None:
         self.room = None
         self.groups_joined = []
+        self.socket_id = uuid.uuid4().hex
+        # Group messages that arrive before hello is sent wait here.
+        self.backlog: list[dict[str, Any]] | None = []
         self.recent_ids: deque[int] = deque(maxlen=512)
         self.hello_max_id = 0
         self.hello_stream_seq: dict[int, int] = {}
@@ -121,10 +118,10 @@ class RoomConsumer(AsyncWebsocketConsumer):
             # Join before reading the snapshot: anything committed after the read
             # arrives live, anything before is in the snapshot; overlap is dropped by id.
             for group in (room_group(room.pk), user_group(user.pk)):
-                await self.channel_layer.group_add(group, self.channel_name)
                 self.groups_joined.append(group)
+                await hub.join(group, self)
             before = await presence.presence_list(room.pk)
-            users = await presence.presence_join(room.pk, self.username, self.channel_name)
+            users = await presence.presence_join(room.pk, self.username, self.socket_id)
         except Exception as exc:  # noqa: BLE001 - Redis down: tell the client to retry
             logger.warning("connect to %s failed: %s", slug, type(exc).__name__)
             await self._refuse(events.CLOSE_UNAVAILABLE)
@@ -134,6 +131,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
         hello = await database_sync_to_async(self._hello_build)(room, after, users)
         await self.accept()
         await self.send(text_data=hello)
+        await self._backlog_flush()
         if after_error:
             await self._send_error(events.BAD_REQUEST, after_error)
         layer_health.register(self)
@@ -194,14 +192,11 @@ class RoomConsumer(AsyncWebsocketConsumer):
             self.refresher.cancel()
         layer_health.unregister(self)
         for group in self.groups_joined:
-            try:
-                await self.channel_layer.group_discard(group, self.channel_name)
-            except Exception:
-                logger.debug("group_discard failed", exc_info=True)
+            await hub.leave(group, self)
         if self.room is None:
             return
         try:
-            users = await presence.presence_leave(self.room.pk, self.username, self.channel_name)
+            users = await presence.presence_leave(self.room.pk, self.username, self.socket_id)
         except Exception:  # noqa: BLE001 - the entry ages out by itself
             return
         if self.username not in users:
@@ -234,15 +229,13 @@ class RoomConsumer(AsyncWebsocketConsumer):
             self.closing = True
 
     async def _refresh_loop(self) -> None:
-        """Keep this socket's presence entry and group membership alive, and
-        announce the departure of sockets whose process died."""
+        """Keep this socket's presence entry alive, and announce the departure
+        of sockets whose process died."""
         assert self.room is not None
         while True:
             await asyncio.sleep(settings.GROUP_REFRESH_SECONDS)
             try:
-                for group in self.groups_joined:
-                    await self.channel_layer.group_add(group, self.channel_name)
-                await presence.presence_join(self.room.pk, self.username, self.channel_name)
+                await presence.presence_join(self.room.pk, self.username, self.socket_id)
                 if await presence.presence_prune(self.room.pk):
                     await self._presence_broadcast(await presence.presence_list(self.room.pk))
             except asyncio.CancelledError:
@@ -252,7 +245,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
 
     async def _presence_broadcast(self, users: list[str]) -> None:
         assert self.room is not None
-        await group_send_safe(room_group(self.room.pk), events.envelope(events.presence_frame(users), "presence"))
+        group_publish(room_group(self.room.pk), events.envelope(events.presence_frame(users), "presence"))
 
     # --- Client frames -------------------------------------------------------------
 
@@ -314,11 +307,18 @@ class RoomConsumer(AsyncWebsocketConsumer):
             raise BadFrame(events.BAD_REQUEST, "text is required")
         if not await rate_hit(f"chat:{self.user.pk}", settings.CHAT_RATE_LIMIT):
             raise BadFrame(events.RATE_LIMITED, "you are sending messages too fast; wait a few seconds")
-        message, _ = await message_send(
-            room=self.room, user=self.user, text=payload["text"], client_id=payload.get("client_id")
+        await message_send(
+            room=self.room,
+            user=self.user,
+            text=payload["text"],
+            client_id=payload.get("client_id"),
+            on_saved=self._message_ack,
         )
-        # The sender hears back directly, so a stalled channel layer can delay
-        # the room but never leave the sender without an answer.
+
+    async def _message_ack(self, message: Message) -> None:
+        # The sender hears back directly, before the broadcast, so a stalled
+        # channel layer can delay the room but never leave the sender without
+        # an answer; the broadcast copy is then dropped as already seen.
         self.recent_ids.append(message.id)
         await self.send(text_data=events.message_frame(message))
 
@@ -327,7 +327,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
         active = payload.get("active")
         if not isinstance(active, bool):
             raise BadFrame(events.BAD_REQUEST, "active must be true or false")
-        await group_send_safe(
+        group_publish(
             room_group(self.room.pk),
             events.envelope(events.typing_frame(self.username, active), "typing", username=self.username),
         )
@@ -352,6 +352,26 @@ class RoomConsumer(AsyncWebsocketConsumer):
         await self.send(text_data=events.error_frame(code, detail, client_id))
 
     # --- Group events --------------------------------------------------------------
+
+    async def group_deliver(self, message: dict[str, Any]) -> None:
+        """Called by the process's GroupHub for every message to our groups."""
+        if self.closing or self.torn_down:
+            return
+        if self.backlog is not None:
+            self.backlog.append(message)
+            return
+        kind = message.get("type")
+        if kind == "room.event":
+            await self.room_event(message)
+        elif kind == "user.logout":
+            await self.user_logout(message)
+        elif kind == "user.removed":
+            await self.user_removed(message)
+
+    async def _backlog_flush(self) -> None:
+        backlog, self.backlog = self.backlog or [], None
+        for message in backlog:
+            await self.group_deliver(message)
 
     async def room_event(self, event: dict[str, Any]) -> None:
         kind = event["kind"]

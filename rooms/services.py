@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -22,7 +23,7 @@ from django.utils import timezone
 from . import events
 from .models import Membership, Message, Room
 from .ratelimit import rate_hit
-from .realtime import group_send_safe, room_group
+from .realtime import group_publish, room_group
 from .rendering import message_render
 
 logger = logging.getLogger(__name__)
@@ -148,14 +149,25 @@ def message_create(
 
 
 async def message_send(
-    *, room: Room, user: AbstractBaseUser, text: object, client_id: object = None
+    *,
+    room: Room,
+    user: AbstractBaseUser,
+    text: object,
+    client_id: object = None,
+    on_saved: Callable[[Message], Awaitable[None]] | None = None,
 ) -> tuple[Message, bool]:
-    """Persist a user message, then tell the room; start the assistant if asked."""
+    """Persist a user message, then tell the room; start the assistant if asked.
+
+    ``on_saved`` runs after the commit and before the broadcast: the sender's
+    acknowledgement, which must not wait on (or race with) the channel layer.
+    """
     if isinstance(client_id, str) and client_id:
         # A resend after reconnect is answered with the original, before any limit
         # counts it again.
         existing = await Message.objects.filter(room=room, author=user, client_id=client_id).afirst()
         if existing is not None:
+            if on_saved is not None:
+                await on_saved(existing)
             return existing, False
     if (
         room.assistant_enabled
@@ -169,10 +181,12 @@ async def message_send(
     message, created = await database_sync_to_async(message_create)(
         room=room, user=user, text=text, client_id=client_id
     )
+    if on_saved is not None:
+        await on_saved(message)
     if created:
-        await group_send_safe(
-            room_group(room.pk), events.envelope(events.message_frame(message), "message", id=message.id)
-        )
+        # Not awaited: the sender already has its ack and a stalled layer must
+        # not hold up its next frame.
+        group_publish(room_group(room.pk), events.envelope(events.message_frame(message), "message", id=message.id))
         if message.reply_state == Message.ReplyState.PENDING:
             from .assistant import reply_request
 

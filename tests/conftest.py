@@ -8,6 +8,7 @@ import itertools
 from collections.abc import Callable
 
 import pytest
+import pytest_asyncio
 from django.contrib.auth import get_user_model
 
 from rooms import services
@@ -32,6 +33,17 @@ def make_room(db) -> Callable[..., Room]:
         return services.room_create(slug=slug, name=kwargs.pop("name", slug.title()), **kwargs)
 
     return make
+
+
+@pytest_asyncio.fixture
+async def realtime_cleanup():
+    """Stop the process-wide background tasks a test's event loop started."""
+    yield
+    from rooms.assistant import background_stop
+    from rooms.realtime import realtime_stop
+
+    await background_stop()
+    await realtime_stop()
 
 
 @pytest.fixture(autouse=True)

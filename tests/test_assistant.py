@@ -19,7 +19,7 @@ async def next_of(socket, kind: str, timeout: float = 10) -> dict:
     return await _next_of(socket, kind, timeout, skip=(*SKIPPABLE, "message", "assistant.start", "assistant.delta"))
 
 
-pytestmark = [pytest.mark.asyncio, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.asyncio, pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("realtime_cleanup")]
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from rooms import services
 from rooms.models import Message
 from rooms.routing import websocket_urlpatterns
 
-pytestmark = [pytest.mark.asyncio, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.asyncio, pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("realtime_cleanup")]
 
 app = URLRouter(websocket_urlpatterns)
 
