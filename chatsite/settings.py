@@ -86,9 +86,10 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
             "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
         }
     )
-else:
-    DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=60)
-    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+# Persistent connections: ASGI reaches the ORM from one thread per process, and
+# opening a connection per query (CONN_MAX_AGE=0) dominated handshake cost.
+DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=600)
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -142,6 +143,9 @@ PRESENCE_TTL_SECONDS = env.int("PRESENCE_TTL_SECONDS", default=90)
 # How often each process checks that Redis answers; on failure it closes its
 # sockets with 4503 so clients reconnect and resume from the database.
 LAYER_HEALTH_INTERVAL = env.float("LAYER_HEALTH_INTERVAL", default=1.0)
+# A PING slower than this is a strike; two in a row close the sockets. Longer
+# than REDIS_SOCKET_TIMEOUT: a loop busy fanning out reads its replies late.
+LAYER_HEALTH_TIMEOUT = env.float("LAYER_HEALTH_TIMEOUT", default=3.0)
 
 # --- Chat limits ----------------------------------------------------------
 _RATE_RE = re.compile(r"^(\d+)/(\d+)s$")

@@ -5,7 +5,6 @@ Frames are documented in docs/protocol.md and built in ``rooms.events``.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import uuid
@@ -62,7 +61,6 @@ class RoomConsumer(AsyncWebsocketConsumer):
     torn_down: bool = False
     handling: bool = False
     close_deferred: int | None = None
-    refresher: asyncio.Task[None] | None = None
     groups_joined: list[str] = []
     # No channel of its own: the process's GroupHub delivers group messages.
     channel_layer_alias = "__hub__"
@@ -77,9 +75,8 @@ class RoomConsumer(AsyncWebsocketConsumer):
         try:
             await super().__call__(scope, receive, send)
         finally:
-            # A handler that raised ends the consumer without disconnect(): the
-            # refresher would otherwise re-add a dead channel to its groups and
-            # to presence forever.
+            # A handler that raised ends the consumer without disconnect(): its
+            # hub membership and presence entry must not outlive it.
             await self._teardown()
 
     async def connect(self) -> None:
@@ -92,7 +89,6 @@ class RoomConsumer(AsyncWebsocketConsumer):
         self.hello_max_id = 0
         self.hello_stream_seq: dict[int, int] = {}
         self.hello_final_ids: set[int] = set()
-        self.refresher: asyncio.Task[None] | None = None
 
         user = self.scope.get("user")
         if user is None or not user.is_authenticated:
@@ -102,11 +98,11 @@ class RoomConsumer(AsyncWebsocketConsumer):
         self.username = user.get_username()
         self.session_key = getattr(self.scope.get("session"), "session_key", None)
         slug = self.scope["url_route"]["kwargs"]["slug"]
-        room = await database_sync_to_async(selectors.room_get)(slug)
+        room, allowed = await database_sync_to_async(selectors.room_get_for)(slug, user)
         if room is None:
             await self._refuse(events.CLOSE_NOT_FOUND)
             return
-        if not await database_sync_to_async(selectors.room_can_access)(room, user):
+        if not allowed:
             await self._refuse(events.CLOSE_FORBIDDEN)
             return
         if not layer_health.healthy:
@@ -138,7 +134,6 @@ class RoomConsumer(AsyncWebsocketConsumer):
         background_ensure()
         if self.username not in before:
             await self._presence_broadcast(users)
-        self.refresher = asyncio.ensure_future(self._refresh_loop())
 
     def _after_param(self) -> tuple[int | None, str | None]:
         query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
@@ -188,8 +183,6 @@ class RoomConsumer(AsyncWebsocketConsumer):
         if self.torn_down:
             return
         self.torn_down = True
-        if self.refresher is not None:
-            self.refresher.cancel()
         layer_health.unregister(self)
         for group in self.groups_joined:
             await hub.leave(group, self)
@@ -227,21 +220,6 @@ class RoomConsumer(AsyncWebsocketConsumer):
             await super().send(text_data=text_data, bytes_data=bytes_data, close=close)
         except Disconnected:
             self.closing = True
-
-    async def _refresh_loop(self) -> None:
-        """Keep this socket's presence entry alive, and announce the departure
-        of sockets whose process died."""
-        assert self.room is not None
-        while True:
-            await asyncio.sleep(settings.GROUP_REFRESH_SECONDS)
-            try:
-                await presence.presence_join(self.room.pk, self.username, self.socket_id)
-                if await presence.presence_prune(self.room.pk):
-                    await self._presence_broadcast(await presence.presence_list(self.room.pk))
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001
-                logger.warning("refresh failed: %s", type(exc).__name__)
 
     async def _presence_broadcast(self, users: list[str]) -> None:
         assert self.room is not None

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from channels.layers import get_channel_layer
 from django.conf import settings
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .kv import kv_client
 
@@ -47,7 +48,7 @@ async def group_send_safe(group: str, message: dict[str, Any]) -> bool:
         await asyncio.wait_for(layer.group_send(group, message), BROADCAST_TIMEOUT)
     except Exception as exc:  # noqa: BLE001 - any layer failure has the same answer
         logger.warning("broadcast to %s failed: %s", group, type(exc).__name__)
-        layer_health.report_failure()
+        layer_health.report_failure(exc)
         return False
     return True
 
@@ -117,12 +118,19 @@ class LayerHealth:
     While Redis is down or stalled, pub/sub silently loses events; closing the
     sockets makes every client reconnect (with backoff) and resume from the
     database once Redis answers again.
+
+    A refused connection is an outage at once. A slow answer is only a strike:
+    a busy event loop (a big fan-out, a burst of handshakes) reads replies late
+    too, and closing every socket for that would turn load into an outage.
     """
+
+    STRIKES = 2
 
     def __init__(self) -> None:
         self._sockets: weakref.WeakSet[Any] = weakref.WeakSet()
         self._task: asyncio.Task[None] | None = None
         self._failed = False
+        self._strikes = 0
 
     def register(self, consumer: Closable) -> None:
         self._sockets.add(consumer)
@@ -131,16 +139,31 @@ class LayerHealth:
     def unregister(self, consumer: Closable) -> None:
         self._sockets.discard(consumer)
 
-    def report_failure(self) -> None:
-        if not self._failed:
-            self._failed = True
-            asyncio.get_running_loop().create_task(self._close_all())
+    def report_failure(self, exc: BaseException | None = None) -> None:
+        """A layer operation failed: a timeout is a strike, anything else an outage."""
+        if isinstance(exc, (TimeoutError, RedisTimeoutError)):
+            self._strike(exc)
+        else:
+            self._fail(exc)
         # The watch is what clears the failure once Redis answers again.
         self._ensure_task()
 
     @property
     def healthy(self) -> bool:
         return not self._failed
+
+    def _strike(self, exc: BaseException) -> None:
+        self._strikes += 1
+        if self._strikes >= self.STRIKES:
+            self._fail(exc)
+
+    def _fail(self, exc: BaseException | None) -> None:
+        if not self._failed:
+            logger.warning(
+                "channel layer unreachable (%s): closing local sockets", type(exc).__name__ if exc else "error"
+            )
+            self._failed = True
+        asyncio.get_running_loop().create_task(self._close_all())
 
     def _ensure_task(self) -> None:
         if not settings.REDIS_URL:
@@ -154,13 +177,14 @@ class LayerHealth:
         while True:
             await asyncio.sleep(settings.LAYER_HEALTH_INTERVAL)
             try:
-                await asyncio.wait_for(client.ping(), settings.REDIS_SOCKET_TIMEOUT)
-            except Exception as exc:  # noqa: BLE001
-                if not self._failed:
-                    logger.warning("channel layer unreachable (%s): closing local sockets", type(exc).__name__)
-                self._failed = True
-                await self._close_all()
+                await asyncio.wait_for(client.ping(), settings.LAYER_HEALTH_TIMEOUT)
+            except TimeoutError as exc:
+                self._strike(exc)
                 continue
+            except Exception as exc:  # noqa: BLE001 - refused, reset: Redis is gone
+                self._fail(exc)
+                continue
+            self._strikes = 0
             if self._failed:
                 logger.warning("channel layer reachable again")
                 self._failed = False
@@ -261,7 +285,7 @@ class GroupHub:
                 raise
             except Exception as exc:  # noqa: BLE001 - the list-based layer polls Redis
                 logger.warning("group hub receive failed: %s", type(exc).__name__)
-                layer_health.report_failure()
+                layer_health.report_failure(exc)
                 await asyncio.sleep(1.0)
                 continue
             receivers = self.members.get(message.get("group", ""))

@@ -24,6 +24,12 @@ def room_can_access(room: Room, user: AbstractBaseUser) -> bool:
     return Membership.objects.filter(room=room, user=user).exists()
 
 
+def room_get_for(slug: str, user: AbstractBaseUser) -> tuple[Room | None, bool]:
+    """The room and whether ``user`` may open it, in one trip to the database."""
+    room = room_get(slug)
+    return room, room is not None and room_can_access(room, user)
+
+
 def room_list_for_user(user: AbstractBaseUser) -> QuerySet[Room]:
     return Room.objects.filter(Q(is_private=False) | Q(memberships__user=user)).distinct().order_by("name")
 

@@ -40,9 +40,11 @@ async def realtime_cleanup():
     """Stop the process-wide background tasks a test's event loop started."""
     yield
     from rooms.assistant import background_stop
+    from rooms.presence import presence_stop
     from rooms.realtime import realtime_stop
 
     await background_stop()
+    await presence_stop()
     await realtime_stop()
 
 

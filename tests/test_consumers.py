@@ -274,3 +274,21 @@ async def test_pong_reports_room_state(make_user, make_room):
     await a1.send_json_to({"type": "ping"})
     assert (await next_of(a1, "pong"))["last_seq"] == 1
     await a1.disconnect()
+
+
+async def test_presence_of_a_dead_process_ages_out(make_user, make_room, settings):
+    """A socket that stopped refreshing (its process was killed) leaves the list
+    at the next refresh, and the room is told."""
+    import time
+
+    from rooms import presence
+
+    alice = await mk(make_user)("alice")
+    room = await mk(make_room)("ghosts")
+    a1, _ = await open_socket(alice, room.slug)
+    await next_of(a1, "presence")
+    # An entry written by another process that has since died.
+    presence._local.setdefault(f"chat:presence:{room.pk}", {})["ghost|dead-socket"] = time.time() - 1
+    await presence.presence_refresh()
+    assert (await next_of(a1, "presence"))["users"] == ["alice"]
+    await a1.disconnect()
