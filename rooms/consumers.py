@@ -218,7 +218,8 @@ class RoomConsumer(AsyncWebsocketConsumer):
             return
         try:
             await super().send(text_data=text_data, bytes_data=bytes_data, close=close)
-        except Disconnected:
+        except (Disconnected, OSError):
+            # daphne raises autobahn's Disconnected, uvicorn ClientDisconnected (an OSError).
             self.closing = True
 
     async def _presence_broadcast(self, users: list[str]) -> None:

@@ -53,6 +53,16 @@ def _fast_password_hashing(settings) -> None:
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
+@pytest.fixture(autouse=True)
+def _static_without_collectstatic(settings) -> None:
+    # In-process page tests render templates without a collectstatic run; the
+    # manifest storage (production) is exercised by the system tests' stacks.
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    }
+
+
 def pytest_collection_modifyitems(config, items) -> None:
     """Fast layers first, browser last: sync Playwright drives its own event loop
     in this thread while it is open, so it must not overlap asyncio tests (its

@@ -3,6 +3,7 @@ suite's own process runs under. Child processes (daphne) get theirs from the
 fixtures that start them."""
 
 import os
+import tempfile
 
 os.environ.setdefault("DJANGO_SECRET_KEY", "test-only-secret-key-not-for-production-0123456789")
 os.environ.setdefault("DJANGO_DEBUG", "0")
@@ -12,3 +13,5 @@ os.environ.setdefault("OPENAI_API_KEY", "")
 os.environ.setdefault("ASSISTANT_DEMO_DELAY_MS", "1")
 # The in-process suite uses the in-memory layer; system tests start their own Redis.
 os.environ.pop("REDIS_URL", None)
+# Whitenoise wants STATIC_ROOT to exist; the in-process suite never collects into it.
+os.environ.setdefault("DJANGO_STATIC_ROOT", tempfile.mkdtemp(prefix="chat-static-"))
