@@ -15,7 +15,7 @@ import subprocess
 from pathlib import Path
 
 from bench import procs
-from bench.targets import Context, Server, Target, daphne_command, uvicorn_command
+from bench.targets import Context, Server, Target, daphne_command
 
 logger = logging.getLogger("bench.ours")
 
@@ -73,10 +73,7 @@ class Ours(Target):
     protocol = "ours"
     needs_redis = True
 
-    def __init__(
-        self, name: str, layer: str, db: str = "sqlite", app: str = "chatsite.asgi:application", server: str = "daphne"
-    ) -> None:
-        self.server = server
+    def __init__(self, name: str, layer: str, db: str = "sqlite", app: str = "chatsite.asgi:application") -> None:
         self.name = name
         self.layer = layer
         self.db = db
@@ -132,7 +129,7 @@ class Ours(Target):
             info = json.loads(line.removeprefix("BENCH-SETUP "))
             port = procs.free_port()
             proc = procs.spawn(
-                (uvicorn_command if self.server == "uvicorn" else daphne_command)(ctx, self.name, port, self.app),
+                daphne_command(ctx, self.name, port, self.app),
                 core=ctx.server_core,
                 env=env,
                 log_path=log_path,

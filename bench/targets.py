@@ -113,30 +113,6 @@ def daphne_command(ctx: Context, name: str, port: int, app: str) -> list[str]:
     )
 
 
-def uvicorn_command(ctx: Context, name: str, port: int, app: str) -> list[str]:
-    return _server_command(
-        ctx,
-        name,
-        [
-            procs.PYTHON,
-            "-m",
-            "uvicorn",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-            "--ws",
-            "websockets-sansio",
-            "--ws-max-size",
-            str(128 * 1024),
-            "--no-access-log",
-            app,
-        ],
-    )
-
-
 class Naive(Target):
     name = "naive"
     protocol = "naive"
@@ -175,7 +151,6 @@ def targets_all() -> dict[str, Target]:
         "naive": Naive(),
         "ours": Ours("ours", layer="pubsub"),
         "ours-core": Ours("ours-core", layer="core"),
-        "ours-uvicorn": Ours("ours-uvicorn", layer="pubsub", server="uvicorn"),
         # Experiments (not in the default run): the project with one measured cost removed.
         "ours-nohop": Ours("ours-nohop", layer="pubsub", app="bench.experiments.ours_no_dispatch_hop:application"),
     }

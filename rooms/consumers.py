@@ -219,7 +219,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
         try:
             await super().send(text_data=text_data, bytes_data=bytes_data, close=close)
         except (Disconnected, OSError):
-            # daphne raises autobahn's Disconnected, uvicorn ClientDisconnected (an OSError).
+            # daphne raises autobahn's Disconnected; other ASGI servers an OSError.
             self.closing = True
 
     async def _presence_broadcast(self, users: list[str]) -> None:
