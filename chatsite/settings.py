@@ -114,9 +114,10 @@ if REDIS_URL:
                 "BACKEND": "channels_redis.core.RedisChannelLayer",
                 "CONFIG": {
                     "hosts": [REDIS_URL],
-                    # A socket's per-channel backlog; beyond it channels-redis drops
-                    # silently, which the seq/resume protocol repairs.
-                    "capacity": env.int("CHANNEL_CAPACITY", default=1000),
+                    # The backlog of a process's one hub channel (every room event
+                    # for the process passes through it); beyond it channels-redis
+                    # drops silently, which the seq/resume protocol repairs.
+                    "capacity": env.int("CHANNEL_CAPACITY", default=10000),
                     # Undelivered messages older than this are garbage: clients
                     # resume from the database instead.
                     "expiry": env.int("CHANNEL_EXPIRY", default=30),
@@ -134,7 +135,11 @@ if REDIS_URL:
             }
         }
 else:
-    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    # One hub channel carries every room event of the process: a larger backlog
+    # than the default 100.
+    CHANNEL_LAYERS = {
+        "default": {"BACKEND": "channels.layers.InMemoryChannelLayer", "CONFIG": {"capacity": 10000}}
+    }
 
 # How often a socket refreshes its presence entry and group membership.
 GROUP_REFRESH_SECONDS = env.int("GROUP_REFRESH_SECONDS", default=30)
