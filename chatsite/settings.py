@@ -137,9 +137,7 @@ if REDIS_URL:
 else:
     # One hub channel carries every room event of the process: a larger backlog
     # than the default 100.
-    CHANNEL_LAYERS = {
-        "default": {"BACKEND": "channels.layers.InMemoryChannelLayer", "CONFIG": {"capacity": 10000}}
-    }
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer", "CONFIG": {"capacity": 10000}}}
 
 # How often a socket refreshes its presence entry and group membership.
 GROUP_REFRESH_SECONDS = env.int("GROUP_REFRESH_SECONDS", default=30)
