@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 import uuid
 from collections import deque
 from typing import Any
@@ -25,6 +26,9 @@ from .realtime import group_publish, hub, layer_health, room_group, user_group
 from .services import ServiceError, message_send
 
 logger = logging.getLogger(__name__)
+
+
+TYPING_REPEAT_SECONDS = 2.0
 
 
 class BadFrame(Exception):
@@ -58,6 +62,8 @@ class RoomConsumer(AsyncWebsocketConsumer):
     room: Room | None = None
     username: str = ""
     closing: bool = False
+    typing_state: bool | None = None
+    typing_sent_at: float = 0.0
     torn_down: bool = False
     handling: bool = False
     close_deferred: int | None = None
@@ -306,6 +312,12 @@ class RoomConsumer(AsyncWebsocketConsumer):
         active = payload.get("active")
         if not isinstance(active, bool):
             raise BadFrame(events.BAD_REQUEST, "active must be true or false")
+        # A typing flood must not become a broadcast flood: repeats of the same
+        # state within TYPING_REPEAT_SECONDS are dropped (clients refresh every ~3 s).
+        now = time.monotonic()
+        if active == self.typing_state and now - self.typing_sent_at < TYPING_REPEAT_SECONDS:
+            return
+        self.typing_state, self.typing_sent_at = active, now
         group_publish(
             room_group(self.room.pk),
             events.envelope(events.typing_frame(self.username, active), "typing", username=self.username),

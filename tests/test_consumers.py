@@ -292,3 +292,21 @@ async def test_presence_of_a_dead_process_ages_out(make_user, make_room, setting
     await presence.presence_refresh()
     assert (await next_of(a1, "presence"))["users"] == ["alice"]
     await a1.disconnect()
+
+
+async def test_typing_flood_is_not_amplified(make_user, make_room):
+    alice, bob = await mk(make_user)("alice"), await mk(make_user)("bob")
+    room = await mk(make_room)("typeflood")
+    a1, _ = await open_socket(alice, room.slug)
+    b1, _ = await open_socket(bob, room.slug)
+    for _ in range(50):
+        await a1.send_json_to({"type": "typing", "active": True})
+    await a1.send_json_to({"type": "typing", "active": False})
+    seen = []
+    while not await b1.receive_nothing(timeout=0.5):
+        frame = await b1.receive_json_from()
+        if frame["type"] == "typing":
+            seen.append(frame["active"])
+    assert seen == [True, False]
+    for s in (a1, b1):
+        await s.disconnect()
