@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from typing import Any, Protocol
 
 from channels.layers import get_channel_layer
@@ -318,7 +318,7 @@ class GroupHub:
 hub = GroupHub()
 
 
-def task_spawn(coro: Awaitable[None], name: str, on_done: Callable[[], None] | None = None) -> asyncio.Task[None]:
+def task_spawn(coro: Awaitable[None], name: str) -> asyncio.Task[None]:
     """Run background work the process keeps a reference to (an unreferenced
     task may be garbage-collected mid-flight) and whose failures get logged."""
     task = asyncio.ensure_future(coro)
@@ -327,8 +327,6 @@ def task_spawn(coro: Awaitable[None], name: str, on_done: Callable[[], None] | N
 
     def _done(t: asyncio.Task[None]) -> None:
         _tasks.discard(t)
-        if on_done is not None:
-            on_done()
         if not t.cancelled() and t.exception() is not None:
             logger.error("background task %s failed", name, exc_info=t.exception())
 

@@ -77,6 +77,10 @@ def mention_pattern(name: str) -> re.Pattern[str]:
     return re.compile(rf"(?<![\w@])@{re.escape(name)}(?![\w-])", re.IGNORECASE)
 
 
+def message_mentions_assistant(room: Room, text: str) -> bool:
+    return room.assistant_enabled and bool(mention_pattern(room.assistant_name).search(text))
+
+
 def message_validate(text: object, client_id: object) -> tuple[str, str | None]:
     if not isinstance(text, str):
         raise ServiceError(events.BAD_REQUEST, "text must be a string")
@@ -98,13 +102,17 @@ def message_validate(text: object, client_id: object) -> tuple[str, str | None]:
     return text, client_id
 
 
-def _seq_next(room_id: int) -> int:
-    """Take the room's next seq under its row lock (held until commit), so seqs
-    have no holes and ids within a room commit in order."""
-    room = Room.objects.select_for_update().only("last_seq").get(pk=room_id)
-    seq = room.last_seq + 1
-    Room.objects.filter(pk=room_id).update(last_seq=F("last_seq") + 1)
-    return seq
+def _room_lock(room_id: int) -> Room:
+    """The room row, locked until the transaction commits: every seq is taken
+    under it, so seqs have no holes and ids within a room commit in order."""
+    return Room.objects.select_for_update().get(pk=room_id)
+
+
+def _seq_take(room: Room) -> int:
+    """The locked room's next seq (see ``_room_lock``)."""
+    room.last_seq += 1
+    Room.objects.filter(pk=room.pk).update(last_seq=F("last_seq") + 1)
+    return room.last_seq
 
 
 def message_create(
@@ -121,10 +129,10 @@ def message_create(
         if existing is not None:
             return existing, False
     html = message_render(text)
-    mentioned = room.assistant_enabled and bool(mention_pattern(room.assistant_name).search(text))
+    mentioned = message_mentions_assistant(room, text)
     try:
         with transaction.atomic():
-            seq = _seq_next(room.pk)
+            seq = _seq_take(_room_lock(room.pk))
             message = Message.objects.create(
                 room=room,
                 seq=seq,
@@ -161,23 +169,19 @@ async def message_send(
     ``on_saved`` runs after the commit and before the broadcast: the sender's
     acknowledgement, which must not wait on (or race with) the channel layer.
     """
-    if isinstance(client_id, str) and client_id:
-        # A resend after reconnect is answered with the original, before any limit
-        # counts it again.
-        existing = await Message.objects.filter(room=room, author=user, client_id=client_id).afirst()
-        if existing is not None:
-            if on_saved is not None:
-                await on_saved(existing)
-            return existing, False
-    if (
-        room.assistant_enabled
-        and isinstance(text, str)
-        and mention_pattern(room.assistant_name).search(text)
-        and not await rate_hit(f"assistant:{user.pk}", settings.ASSISTANT_RATE_LIMIT)
-    ):
-        raise ServiceError(
-            events.RATE_LIMITED, f"@{room.assistant_name} is busy with your earlier requests; try again in a minute"
-        )
+    if isinstance(text, str) and message_mentions_assistant(room, text):
+        if isinstance(client_id, str) and client_id:
+            # A resend after reconnect is answered with the original before the
+            # assistant limit counts it again (message_create dedupes the rest).
+            existing = await Message.objects.filter(room=room, author=user, client_id=client_id).afirst()
+            if existing is not None:
+                if on_saved is not None:
+                    await on_saved(existing)
+                return existing, False
+        if not await rate_hit(f"assistant:{user.pk}", settings.ASSISTANT_RATE_LIMIT):
+            raise ServiceError(
+                events.RATE_LIMITED, f"@{room.assistant_name} is busy with your earlier requests; try again in a minute"
+            )
     message, created = await database_sync_to_async(message_create)(
         room=room, user=user, text=text, client_id=client_id
     )
@@ -205,7 +209,7 @@ def reply_claim_turn(room_id: int, request_id: int) -> Message | None:
     reply row (status streaming, the room's next seq) or None to wait.
     """
     with transaction.atomic():
-        room = Room.objects.select_for_update().get(pk=room_id)
+        room = _room_lock(room_id)
         request = Message.objects.filter(pk=request_id, room_id=room_id).first()
         if request is None or request.reply_state != Message.ReplyState.PENDING:
             return None
@@ -217,11 +221,9 @@ def reply_claim_turn(room_id: int, request_id: int) -> Message | None:
         if first is None or first.pk != request_id or streaming >= settings.ASSISTANT_MAX_CONCURRENT_PER_ROOM:
             Message.objects.filter(pk=request_id).update(heartbeat=now)
             return None
-        seq = room.last_seq + 1
-        Room.objects.filter(pk=room_id).update(last_seq=seq)
         reply = Message.objects.create(
             room=room,
-            seq=seq,
+            seq=_seq_take(room),
             author=None,
             author_name=room.assistant_name,
             role=Message.Role.ASSISTANT,
@@ -241,10 +243,6 @@ def reply_queue_position(room_id: int, request_id: int) -> int:
     if request is None or request.reply_state != Message.ReplyState.PENDING:
         return 0
     return Message.objects.filter(room_id=room_id, reply_state=Message.ReplyState.PENDING, seq__lte=request.seq).count()
-
-
-def reply_request_refuse(request_id: int) -> None:
-    Message.objects.filter(pk=request_id).update(reply_state=Message.ReplyState.REFUSED, heartbeat=None)
 
 
 def reply_set_context(reply_id: int, context_ids: list[int]) -> None:
