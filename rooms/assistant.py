@@ -19,13 +19,12 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from channels.db import database_sync_to_async
-from channels.layers import get_channel_layer
 from django.conf import settings
 
 from . import events, selectors, services
 from .llm import ChatRequest, Delta, Finished, ProviderError, provider_get
 from .models import Message, Room
-from .realtime import group_publish, group_send_safe, room_group, task_spawn
+from .realtime import group_publish, group_send_safe, hub, room_group, task_spawn
 
 logger = logging.getLogger(__name__)
 
@@ -80,10 +79,12 @@ async def reply_cancel(room: Room, reply_id: int, username: str) -> bool:
 
 def background_ensure() -> None:
     """Start this process's sweeper and cancel listener (once per process)."""
-    for name, factory in (("sweeper", _sweep_loop), ("control", _control_loop)):
-        task = _background.get(name)
-        if task is None or task.done():
-            _background[name] = asyncio.get_running_loop().create_task(factory(), name=f"assistant-{name}")
+    task = _background.get("sweeper")
+    if task is None or task.done():
+        _background["sweeper"] = asyncio.get_running_loop().create_task(_sweep_loop(), name="assistant-sweeper")
+    task = _background.get("control")
+    if not hub.joined(CONTROL_GROUP, _cancel_listener) and (task is None or task.done()):
+        _background["control"] = asyncio.get_running_loop().create_task(_control_join(), name="assistant-control")
 
 
 async def background_stop() -> None:
@@ -95,23 +96,25 @@ async def background_stop() -> None:
         await asyncio.wait(tasks, timeout=5)
 
 
-async def _control_loop() -> None:
-    layer = get_channel_layer()
-    while True:
-        try:
-            channel = await layer.new_channel()
-            await layer.group_add(CONTROL_GROUP, channel)
-            while True:
-                message = await layer.receive(channel)
-                if message.get("type") == "reply.cancel":
-                    queue = _running.get(message.get("reply_id"))
-                    if queue is not None:
-                        queue.put_nowait(CancelRequest(by=str(message.get("by", ""))))
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - keep listening through Redis outages
-            logger.warning("assistant control listener failed (%s); retrying", type(exc).__name__)
-            await asyncio.sleep(1.0)
+class _CancelListener:
+    """Cancels from other processes, delivered by this process's GroupHub (which
+    keeps the group membership alive across group_expiry and Redis restarts)."""
+
+    async def group_deliver(self, message: dict[str, object]) -> None:
+        if message.get("type") == "reply.cancel":
+            queue = _running.get(message.get("reply_id"))  # type: ignore[arg-type]
+            if queue is not None:
+                queue.put_nowait(CancelRequest(by=str(message.get("by", ""))))
+
+
+_cancel_listener = _CancelListener()
+
+
+async def _control_join() -> None:
+    try:
+        await hub.join(CONTROL_GROUP, _cancel_listener)
+    except Exception as exc:  # noqa: BLE001 - retried on the next background_ensure()
+        logger.warning("assistant cancel listener not subscribed (%s)", type(exc).__name__)
 
 
 async def _sweep_loop() -> None:

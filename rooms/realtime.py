@@ -246,6 +246,10 @@ class GroupHub:
                 await get_channel_layer().group_add(group, channel)
                 self._joined.add(group)
 
+    def joined(self, group: str, receiver: Receiver) -> bool:
+        """Whether ``receiver`` hears ``group`` (its subscription went through)."""
+        return group in self._joined and receiver in self.members.get(group, ())
+
     async def leave(self, group: str, receiver: Receiver) -> None:
         members = self.members.get(group)
         if members is None:
