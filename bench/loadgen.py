@@ -207,11 +207,21 @@ class Fleet:
     # -- connections -----------------------------------------------------
     async def connect_one(self, index: int, path: str) -> WSClient:
         headers = self.headers[index % len(self.headers)]
-        if self.protocol == "ours":
-            self.ready[index] = asyncio.get_running_loop().create_future()
-        client = await ws_connect(index, self.host, self.port, path, headers, self.frame_handle)
-        if self.protocol == "ours":
-            await asyncio.wait_for(self.ready.pop(index), 30)
+        if self.protocol != "ours":
+            return await ws_connect(index, self.host, self.port, path, headers, self.frame_handle)
+        # The future stays registered until `hello` resolves it: a server may send
+        # `hello` in the same segment as its 101 or in a later one.
+        ready = self.ready[index] = asyncio.get_running_loop().create_future()
+        client: WSClient | None = None
+        try:
+            client = await ws_connect(index, self.host, self.port, path, headers, self.frame_handle)
+            await asyncio.wait_for(ready, 30)
+        except BaseException:
+            if client is not None:
+                client.close()  # a half-open socket must not count frames as a second member
+            raise
+        finally:
+            self.ready.pop(index, None)
         return client
 
     async def connect_many(
