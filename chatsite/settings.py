@@ -149,6 +149,12 @@ LAYER_HEALTH_INTERVAL = env.float("LAYER_HEALTH_INTERVAL", default=1.0)
 # A PING slower than this is a strike; two in a row close the sockets. Longer
 # than REDIS_SOCKET_TIMEOUT: a loop busy fanning out reads its replies late.
 LAYER_HEALTH_TIMEOUT = env.float("LAYER_HEALTH_TIMEOUT", default=3.0)
+# Garbage-collector thresholds of a server process (chatsite/asgi.py). Python's
+# default (700, 10, 10) promotes whatever frames are in flight into the old
+# generation many times a second, so a full collection over every socket's
+# objects ran about once a second and stalled the loop for 100+ ms (the p99 of
+# a fan-out). A larger young generation makes full collections rare.
+GC_THRESHOLDS = tuple(env.list("GC_THRESHOLDS", cast=int, default=[100_000, 10, 10]))
 
 # --- Chat limits ----------------------------------------------------------
 _RATE_RE = re.compile(r"^(\d+)/(\d+)s$")

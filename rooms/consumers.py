@@ -9,12 +9,12 @@ import json
 import logging
 import time
 import uuid
-from collections import deque
 from typing import Any
 from urllib.parse import parse_qs
 
 from autobahn.exception import Disconnected
 from channels.db import database_sync_to_async
+from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
@@ -68,8 +68,14 @@ class RoomConsumer(AsyncWebsocketConsumer):
     handling: bool = False
     close_deferred: int | None = None
     groups_joined: list[str] = []
-    # No channel of its own: the process's GroupHub delivers group messages.
-    channel_layer_alias = "__hub__"
+    # Ids this socket was sent as its own message.send acks; their broadcast
+    # copies are dropped. Created on a socket's first send: idle sockets are
+    # most sockets, and each one's memory counts (bench S3).
+    acked_ids: set[int] | None = None
+    # What hello held, to drop the live copies of it (empty for most sockets).
+    hello_max_id: int = 0
+    hello_stream_seq: dict[int, int] = {}  # replaced per instance, never mutated
+    hello_final_ids: frozenset[int] = frozenset()
 
     # --- Lifecycle ------------------------------------------------------------
 
@@ -78,8 +84,18 @@ class RoomConsumer(AsyncWebsocketConsumer):
         if not layer_health.healthy:
             await _refuse_raw(receive, send, events.CLOSE_UNAVAILABLE)
             return
+        # No channel of its own: the process's GroupHub delivers group messages.
+        # So where channels' AsyncConsumer.__call__ runs a task per message
+        # source and an asyncio.wait() per message, one plain loop does (about
+        # 2 KiB less per idle socket).
+        self.scope = scope
+        self.channel_layer = None
+        self.base_send = send
         try:
-            await super().__call__(scope, receive, send)
+            while True:
+                await self.dispatch(await receive())
+        except StopConsumer:
+            pass
         finally:
             # A handler that raised ends the consumer without disconnect(): its
             # hub membership and presence entry must not outlive it.
@@ -91,10 +107,6 @@ class RoomConsumer(AsyncWebsocketConsumer):
         self.socket_id = uuid.uuid4().hex
         # Group messages that arrive before hello is sent wait here.
         self.backlog: list[dict[str, Any]] | None = []
-        self.recent_ids: deque[int] = deque(maxlen=512)
-        self.hello_max_id = 0
-        self.hello_stream_seq: dict[int, int] = {}
-        self.hello_final_ids: set[int] = set()
 
         user = self.scope.get("user")
         if user is None or not user.is_authenticated:
@@ -164,8 +176,11 @@ class RoomConsumer(AsyncWebsocketConsumer):
         streaming = selectors.reply_list_streaming(room)
         shown = [m for m in messages if m.status != Message.Status.STREAMING]
         self.hello_max_id = max([m.id for m in messages] + [r.id for r in streaming] + [after or 0])
-        self.hello_stream_seq = {r.id: r.stream_seq for r in streaming}
-        self.hello_final_ids = {m.id for m in shown if m.role == Message.Role.ASSISTANT}
+        if streaming:
+            self.hello_stream_seq = {r.id: r.stream_seq for r in streaming}
+        final_ids = frozenset(m.id for m in shown if m.role == Message.Role.ASSISTANT)
+        if final_ids:
+            self.hello_final_ids = final_ids
         return events.hello_frame(
             room_slug=room.slug,
             room_name=room.name,
@@ -217,13 +232,26 @@ class RoomConsumer(AsyncWebsocketConsumer):
         await super().close(code=code, reason=reason)
 
     async def send(self, text_data: str | None = None, bytes_data: bytes | None = None, close: bool = False) -> None:
+        if text_data is not None and bytes_data is None and not close:
+            await self._frame_write(text_data)
+            return
+        if self.closing:
+            return
+        try:
+            await super().send(text_data=text_data, bytes_data=bytes_data, close=close)
+        except (Disconnected, OSError):
+            self.closing = True
+
+    async def _frame_write(self, frame: str) -> None:
+        """Write one text frame straight to the server's ``send``: a room event
+        runs this once per socket in the room, so it does nothing else."""
         # A socket that is closing (we closed it for an outage or a logout, or the
         # peer went away while a frame was being handled) has no one to send to;
         # sending anyway raises inside daphne and kills the consumer mid-handler.
         if self.closing:
             return
         try:
-            await super().send(text_data=text_data, bytes_data=bytes_data, close=close)
+            await self.base_send({"type": "websocket.send", "text": frame})
         except (Disconnected, OSError):
             # daphne raises autobahn's Disconnected; other ASGI servers an OSError.
             self.closing = True
@@ -304,7 +332,11 @@ class RoomConsumer(AsyncWebsocketConsumer):
         # The sender hears back directly, before the broadcast, so a stalled
         # channel layer can delay the room but never leave the sender without
         # an answer; the broadcast copy is then dropped as already seen.
-        self.recent_ids.append(message.id)
+        if self.acked_ids is None:
+            self.acked_ids = set()
+        elif len(self.acked_ids) >= 1024:
+            self.acked_ids.clear()  # echoes lost to a layer outage; resumes cover them
+        self.acked_ids.add(message.id)
         await self.send(text_data=events.message_frame(message))
 
     async def _typing(self, payload: dict[str, Any]) -> None:
@@ -353,7 +385,9 @@ class RoomConsumer(AsyncWebsocketConsumer):
             return
         kind = message.get("type")
         if kind == "room.event":
-            await self.room_event(message)
+            frame = self._room_event_frame(message)
+            if frame is not None:
+                await self._frame_write(frame)
         elif kind == "user.logout":
             await self.user_logout(message)
         elif kind == "user.removed":
@@ -364,25 +398,28 @@ class RoomConsumer(AsyncWebsocketConsumer):
         for message in backlog:
             await self.group_deliver(message)
 
-    async def room_event(self, event: dict[str, Any]) -> None:
+    def _room_event_frame(self, event: dict[str, Any]) -> str | None:
+        """The pre-serialised frame of a room event, or None if this socket has it already."""
         kind = event["kind"]
         if kind == "message":
             message_id = event["id"]
-            if message_id <= self.hello_max_id or message_id in self.recent_ids:
-                return
-            self.recent_ids.append(message_id)
+            if message_id <= self.hello_max_id:
+                return None
+            if self.acked_ids and message_id in self.acked_ids:
+                self.acked_ids.discard(message_id)
+                return None
         elif kind == "typing":
             if event["username"] == self.username:
-                return
+                return None
         elif kind == "assistant.start":
             if event["reply_id"] in self.hello_stream_seq or event["reply_id"] in self.hello_final_ids:
-                return
+                return None
         elif kind == "assistant.delta":
             if event["seq"] <= self.hello_stream_seq.get(event["reply_id"], 0):
-                return
+                return None
         elif kind == "assistant.end" and event["reply_id"] in self.hello_final_ids:
-            return
-        await self.send(text_data=event["frame"])
+            return None
+        return event["frame"]
 
     async def user_logout(self, event: dict[str, Any]) -> None:
         if event.get("session_key") and event["session_key"] == self.session_key:
