@@ -15,7 +15,7 @@ import subprocess
 from pathlib import Path
 
 from bench import procs
-from bench.targets import Context, Server, Target, daphne_command
+from bench.targets import Context, Server, Target, daphne_command, uvicorn_command
 
 logger = logging.getLogger("bench.ours")
 
@@ -73,8 +73,11 @@ class Ours(Target):
     protocol = "ours"
     needs_redis = True
 
-    def __init__(self, name: str, layer: str, db: str = "sqlite", app: str = "chatsite.asgi:application") -> None:
+    def __init__(
+        self, name: str, layer: str, db: str = "sqlite", app: str = "chatsite.asgi:application", server: str = "daphne"
+    ) -> None:
         self.name = name
+        self.server = server
         self.layer = layer
         self.db = db
         self.app = app
@@ -128,8 +131,9 @@ class Ours(Target):
             line = next(line for line in setup.splitlines() if line.startswith("BENCH-SETUP "))
             info = json.loads(line.removeprefix("BENCH-SETUP "))
             port = procs.free_port()
+            command = uvicorn_command if self.server == "uvicorn" else daphne_command
             proc = procs.spawn(
-                daphne_command(ctx, self.name, port, self.app),
+                command(ctx, self.name, port, self.app),
                 core=ctx.server_core,
                 env=env,
                 log_path=log_path,

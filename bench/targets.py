@@ -113,6 +113,15 @@ def daphne_command(ctx: Context, name: str, port: int, app: str) -> list[str]:
     )
 
 
+def uvicorn_command(ctx: Context, name: str, port: int, app: str) -> list[str]:
+    # The asyncio event loop, as every other row has (no uvloop), and the sans-I/O
+    # websockets protocol; compression off, as daphne and the ceiling have it.
+    args = ["--host", "127.0.0.1", "--port", str(port), "--loop", "asyncio", "--http", "auto"]
+    args += ["--ws", "websockets-sansio", "--ws-per-message-deflate", "false", "--lifespan", "off"]
+    args += ["--log-level", "warning", "--no-access-log", app]
+    return _server_command(ctx, name, [procs.PYTHON, "-m", "uvicorn", *args])
+
+
 class Naive(Target):
     name = "naive"
     protocol = "naive"
@@ -151,6 +160,5 @@ def targets_all() -> dict[str, Target]:
         "naive": Naive(),
         "ours": Ours("ours", layer="pubsub"),
         "ours-core": Ours("ours-core", layer="core"),
-        # Experiments (not in the default run): the project with one measured cost removed.
-        "ours-nohop": Ours("ours-nohop", layer="pubsub", app="bench.experiments.ours_no_dispatch_hop:application"),
+        "ours-uvicorn": Ours("ours-uvicorn", layer="pubsub", server="uvicorn"),
     }

@@ -1,8 +1,9 @@
 #!/bin/sh
 # Entry point of the chatsite image, also used by the local stack (deploy/stack.py)
-# so that both run daphne with exactly the same flags.
+# so that both run the server with exactly the same flags.
 #
-#   web      serve the ASGI app with daphne (the default)
+#   web      serve the ASGI app: daphne (the default), or uvicorn with
+#            ASGI_SERVER=uvicorn (about twice the fan-out per core; bench/README.md)
 #   migrate  apply migrations and collect static files, then exit (one-shot)
 #   check    `manage.py check --deploy`, failing on warnings
 #   *        run the given command (e.g. `python manage.py createroom lobby`)
@@ -15,6 +16,26 @@ set -eu
 
 case "${1:-web}" in
 web)
+    if [ "${ASGI_SERVER:-daphne}" = uvicorn ]; then
+        # The same walls as daphne's below: frame size, pings, no compression.
+        # --forwarded-allow-ips: who may set X-Forwarded-For (nginx's address).
+        set -- uvicorn \
+            --host "${BIND:-0.0.0.0}" \
+            --port "${PORT:-8000}" \
+            --proxy-headers \
+            --forwarded-allow-ips "${FORWARDED_ALLOW_IPS:-127.0.0.1}" \
+            --ws websockets-sansio \
+            --ws-max-size "$DAPHNE_MAX_MESSAGE_BYTES" \
+            --ws-ping-interval "${DAPHNE_PING_INTERVAL:-20}" \
+            --ws-ping-timeout "${DAPHNE_PING_TIMEOUT:-30}" \
+            --ws-per-message-deflate false \
+            --timeout-graceful-shutdown "${DAPHNE_APPLICATION_CLOSE_TIMEOUT:-10}" \
+            --lifespan off \
+            --no-server-header \
+            --log-level warning \
+            --no-access-log
+        exec "$@" chatsite.asgi:application
+    fi
     # --proxy-headers: the client address comes from X-Forwarded-For set by nginx.
     # --websocket_timeout: a socket lives at most a day, then the browser reconnects
     #   and resumes from its cursor (matches channels-redis's default group_expiry).

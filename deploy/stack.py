@@ -275,7 +275,11 @@ def _stacks_stop_all() -> None:
 
 
 class Stack:
-    """nginx + ``daphne_count`` daphne processes + Redis (+ optional fake OpenAI).
+    """nginx + ``daphne_count`` server processes + Redis (+ optional fake OpenAI).
+
+    ``servers``: the ASGI server of each process, ``"daphne"`` (the default) or
+    ``"uvicorn"`` (``ASGI_SERVER`` of deploy/entrypoint.sh); a mixed stack shows
+    that both act as one service. The processes keep their ``daphne`` names.
 
     ``database_url``: a ``postgres://`` URL or ``None`` for ``DATABASE_URL`` from the
     environment, else a SQLite file in ``workdir``. With ``fresh_database`` (the
@@ -295,9 +299,13 @@ class Stack:
         port: int | None = None,
         install_nginx: bool = False,
         ready_timeout: float = READY_TIMEOUT,
+        servers: Sequence[str] | None = None,
     ) -> None:
         self.workdir = Path(workdir).resolve()
         self.daphne_count = daphne_count
+        self.servers = list(servers or ["daphne"] * daphne_count)
+        if len(self.servers) != daphne_count or not set(self.servers) <= {"daphne", "uvicorn"}:
+            raise ValueError(f"servers must name daphne or uvicorn for each of {daphne_count} processes")
         self.use_nginx = nginx
         self.use_fake_openai = fake_openai
         self.fresh_database = fresh_database
@@ -573,7 +581,7 @@ class Stack:
                 ManagedProcess(
                     f"daphne{n + 1}",
                     ["sh", str(ENTRYPOINT), "web"],
-                    {**self.env, "PORT": str(self.daphne_ports[n])},
+                    {**self.env, "PORT": str(self.daphne_ports[n]), "ASGI_SERVER": self.servers[n]},
                     self.workdir / "logs" / f"daphne{n + 1}.log",
                 )
             )

@@ -1,4 +1,4 @@
-"""System tests: real daphne processes behind real nginx, a real Redis-protocol
+"""System tests: real daphne and uvicorn processes behind real nginx, a real Redis-protocol
 server on a free port, PostgreSQL when DATABASE_URL points at it, and real
 WebSocket clients."""
 
@@ -29,6 +29,9 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
     with Stack(
         tmp_path_factory.mktemp("stack"),
         daphne_count=2,
+        # One process of each supported server: every test through nginx meets
+        # both, and via=0 / via=1 pick daphne / uvicorn.
+        servers=["daphne", "uvicorn"],
         fake_openai=True,
         env_overrides={"CHAT_RATE_LIMIT": "0", "ASSISTANT_RATE_LIMIT": "0", "ASSISTANT_FLUSH_MS": "20"},
     ) as running:

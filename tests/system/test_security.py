@@ -27,6 +27,9 @@ def stack(tmp_path_factory):
     with Stack(
         tmp_path_factory.mktemp("secstack"),
         daphne_count=2,
+        # One process of each supported server: every test through nginx meets
+        # both, and via=0 / via=1 pick daphne / uvicorn.
+        servers=["daphne", "uvicorn"],
         fake_openai=True,
         env_overrides={"CHAT_RATE_LIMIT": "20/10s", "ASSISTANT_RATE_LIMIT": "2/60s", "ASSISTANT_FLUSH_MS": "20"},
     ) as running:
