@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -249,12 +249,19 @@ def reply_set_context(reply_id: int, context_ids: list[int]) -> None:
     Message.objects.filter(pk=reply_id).update(context_ids=context_ids)
 
 
-def reply_checkpoint(reply_id: int, text: str, stream_seq: int) -> bool:
-    """Save the text so far; False if the reply is no longer streaming (swept)."""
-    updated = Message.objects.filter(pk=reply_id, status=Message.Status.STREAMING).update(
-        text=text, stream_seq=stream_seq, heartbeat=timezone.now()
-    )
-    return bool(updated)
+def reply_checkpoint_many(checkpoints: Sequence[tuple[int, str, int]]) -> list[bool]:
+    """Save several replies' text so far, as ``(reply_id, text, stream_seq)``,
+    in one transaction; per reply, False if it is no longer streaming (swept)."""
+    now = timezone.now()
+    with transaction.atomic():
+        return [
+            bool(
+                Message.objects.filter(pk=reply_id, status=Message.Status.STREAMING).update(
+                    text=text, stream_seq=stream_seq, heartbeat=now
+                )
+            )
+            for reply_id, text, stream_seq in checkpoints
+        ]
 
 
 def reply_heartbeat(reply_id: int) -> None:

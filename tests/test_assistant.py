@@ -281,3 +281,34 @@ async def test_disabled_assistant_stays_silent(make_user, make_room, model_serve
     await next_of(a1, "message")
     assert await a1.receive_nothing(timeout=0.5)
     await a1.disconnect()
+
+
+async def test_checkpoints_of_concurrent_replies_share_commits(make_room, monkeypatch):
+    """Group commit: replies flushing at once are saved in a few transactions, each
+    save returns only once committed, and a swept reply is told so."""
+    from rooms import assistant, services
+
+    room = await mk(make_room)()
+    replies = [
+        await Message.objects.acreate(
+            room=room, seq=1000 + i, role=Message.Role.ASSISTANT, status=Message.Status.STREAMING
+        )
+        for i in range(20)
+    ]
+    reply_ids = [reply.pk for reply in replies]
+    swept = reply_ids[-1]
+    await Message.objects.filter(pk=swept).aupdate(status=Message.Status.INTERRUPTED)
+    batches: list[int] = []
+    real = services.reply_checkpoint_many
+
+    def counted(checkpoints):
+        batches.append(len(checkpoints))
+        return real(checkpoints)
+
+    monkeypatch.setattr(services, "reply_checkpoint_many", counted)
+    writer = assistant.CheckpointWriter()
+    results = await asyncio.gather(*(writer.save(pk, f"text of {pk}", 7) for pk in reply_ids))
+    assert results == [True] * 19 + [False]
+    assert sum(batches) == 20 and len(batches) < 20, batches
+    saved = {m.pk: (m.text, m.stream_seq) async for m in Message.objects.filter(pk__in=reply_ids[:-1])}
+    assert saved == {pk: (f"text of {pk}", 7) for pk in reply_ids[:-1]}

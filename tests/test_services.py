@@ -156,7 +156,7 @@ def test_sweep_interrupts_stale_replies(make_user, make_room, settings):
     user, room = make_user(), make_room()
     request = services.message_create(room=room, user=user, text="@assistant hi")[0]
     reply = services.reply_claim_turn(room.pk, request.pk)
-    services.reply_checkpoint(reply.pk, "partial", 3)
+    assert services.reply_checkpoint_many([(reply.pk, "partial", 3)]) == [True]
     Message.objects.filter(pk=reply.pk).update(heartbeat=timezone.now() - timedelta(seconds=600))
     interrupted, _ = services.reply_sweep_stale()
     assert [m.pk for m in interrupted] == [reply.pk]
