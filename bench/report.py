@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-ROW_ORDER = ("ceiling", "naive", "ours", "ours-core")
+ROW_ORDER = ("ceiling", "naive", "ours", "ours-uvicorn", "ours-core")
 LATENCY_LIMIT_MS = 100.0
 
 
@@ -445,7 +445,13 @@ def profiles_section(results: dict[str, Any]) -> list[str]:
     return lines
 
 
-COLORS = {"ceiling": "#2b8a3e", "naive": "#c92a2a", "ours": "#1c7ed6", "ours-core": "#7048e8"}
+COLORS = {
+    "ceiling": "#2b8a3e",
+    "naive": "#c92a2a",
+    "ours": "#1c7ed6",
+    "ours-uvicorn": "#f08c00",
+    "ours-core": "#7048e8",
+}
 
 
 def chart_write(results: dict[str, Any], path: Path) -> None:

@@ -42,7 +42,9 @@ def args_parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="every scenario briefly, small sizes (~3 min)")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma list of S1,S2,S3,S4")
     parser.add_argument(
-        "--targets", default="ceiling,naive,ours,ours-core", help="comma list of ceiling,naive,ours,ours-core"
+        "--targets",
+        default="ceiling,naive,ours,ours-uvicorn,ours-core",
+        help="comma list of ceiling,naive,ours,ours-uvicorn,ours-core",
     )
     parser.add_argument("--ours-db", choices=("sqlite", "postgres"), default="sqlite")
     parser.add_argument("--soak-seconds", type=float, help="override S4's duration")
