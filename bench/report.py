@@ -365,6 +365,12 @@ def report_write(results: dict[str, Any], out: Path, stem: str) -> Path:
         "Versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()) + ".",
         "",
     ]
+    for name, origin in sorted((meta.get("origins") or {}).items()):
+        lines += [
+            f"{name} comes from the earlier run {origin['file']} (started {origin['started']}); "
+            "its ratios are between rows of that run.",
+            "",
+        ]
     if meta.get("skipped_targets"):
         lines += ["Skipped rows: " + "; ".join(f"{k}: {v}" for k, v in meta["skipped_targets"].items()), ""]
     lines += [

@@ -52,6 +52,11 @@ def args_parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--s2-max", type=int, help="S2: stop the ladder of concurrent replies at this K")
     parser.add_argument("--s3-sizes", help="override S3's socket counts, e.g. 1000,10000")
     parser.add_argument("--profile", choices=("", "py-spy"), default="", help="record a flame graph of each server")
+    parser.add_argument(
+        "--merge",
+        type=Path,
+        help="an earlier run's JSON: its scenarios not rerun here join this report (S4 then uses its S1 knees)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS, help="where the report goes")
     parser.add_argument("--name", help="report file stem (default: the date and time)")
     return parser.parse_args(argv)
@@ -111,6 +116,16 @@ def main(argv: list[str] | None = None) -> int:
             "workdir": str(workdir),
         }
     }
+    if args.merge:
+        earlier = json.loads(args.merge.read_text())
+        earlier_origins = earlier["meta"].get("origins", {})
+        for name in SCENARIOS:
+            if name not in chosen and name in earlier:
+                results[name] = earlier[name]
+                results["meta"].setdefault("origins", {})[name] = earlier_origins.get(name) or {
+                    "file": args.merge.name,
+                    "started": earlier["meta"]["started"],
+                }
     clock = time.monotonic()
     stem = args.name or started.strftime("%Y-%m-%d-%H%M")
     args.out.mkdir(parents=True, exist_ok=True)

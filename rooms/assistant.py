@@ -347,7 +347,6 @@ class _Stream:
         chunk, self.pending = self.pending, ""
         self.seq += 1
         self.text += chunk
-        self.last_flush = self.last_beat = time.monotonic()
         await checkpoints.save(self.reply_id, self.text, self.seq)
         await _announce(
             self.room_id,
@@ -358,6 +357,11 @@ class _Stream:
                 seq=self.seq,
             ),
         )
+        # Timed from when this flush ended, not began: while a slow save or
+        # broadcast is in flight (an overloaded process), tokens gather into the
+        # next chunk instead of each becoming a frame of its own, which would
+        # only add load.
+        self.last_flush = self.last_beat = time.monotonic()
 
     async def run(self, queue: asyncio.Queue[object]) -> services.ReplyOutcome:
         flush_after = settings.ASSISTANT_FLUSH_MS / 1000
