@@ -503,7 +503,7 @@ def chart_write(results: dict[str, Any], path: Path) -> None:
         ax.set_ylim(bottom=100)
         ax.set_ylabel("peak deliveries/s")
         ax.set_title("S1: peak deliveries/s")
-        ax.legend()
+        ax.legend(fontsize="small", ncol=2, loc="lower right")
     ax = axes[1][0]
     s2 = results.get("S2") or {}
     if s2 and not ("error" in s2 and len(s2) == 1):
@@ -511,8 +511,14 @@ def chart_write(results: dict[str, Any], path: Path) -> None:
         rows = [n for n in ROW_ORDER if any(n in s2[c] for c in configs)]
         width = 0.8 / max(1, len(rows))
         for i, name in enumerate(rows):
-            values = [(s2[c].get(name) or {}).get("overhead_p99_ms") or 0.1 for c in configs]
-            ax.bar([x + i * width for x in range(len(configs))], values, width, color=COLORS.get(name), label=name)
+            # A rung a row never ran (it failed a lower one) gets no bar, not a near-zero one.
+            points = [
+                (x + i * width, value)
+                for x, c in enumerate(configs)
+                if (value := (s2[c].get(name) or {}).get("overhead_p99_ms"))
+            ]
+            ax.bar([x for x, _ in points], [v for _, v in points], width, color=COLORS.get(name), label=name)
+        ax.axhline(100, color="grey", linestyle="--", linewidth=1)
         ax.set_xticks([x + width * (len(rows) - 1) / 2 for x in range(len(configs))])
         ax.set_xticklabels(configs)
         ax.set_xlabel("concurrent replies x members")
@@ -535,7 +541,7 @@ def chart_write(results: dict[str, Any], path: Path) -> None:
         ax.set_xticklabels([f"{s} sockets" for s in sizes])
         ax.set_ylabel("KiB per idle connection")
         ax.set_title("S3: memory per idle connection")
-        ax.legend()
+        ax.legend(fontsize="small", ncol=2, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
