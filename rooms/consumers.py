@@ -232,15 +232,12 @@ class RoomConsumer(AsyncWebsocketConsumer):
         await super().close(code=code, reason=reason)
 
     async def send(self, text_data: str | None = None, bytes_data: bytes | None = None, close: bool = False) -> None:
-        if text_data is not None and bytes_data is None and not close:
-            await self._frame_write(text_data)
-            return
-        if self.closing:
-            return
-        try:
-            await super().send(text_data=text_data, bytes_data=bytes_data, close=close)
-        except (Disconnected, OSError):
-            self.closing = True
+        # Every frame of this protocol is JSON text (docs/protocol.md).
+        if text_data is None or bytes_data is not None:
+            raise TypeError("RoomConsumer sends text frames only")
+        await self._frame_write(text_data)
+        if close:
+            await self.close()
 
     async def _frame_write(self, frame: str) -> None:
         """Write one text frame straight to the server's ``send``: a room event

@@ -25,7 +25,7 @@ def room_can_access(room: Room, user: AbstractBaseUser) -> bool:
 
 
 def room_get_for(slug: str, user: AbstractBaseUser) -> tuple[Room | None, bool]:
-    """The room and whether ``user`` may open it, in one trip to the database."""
+    """The room and whether ``user`` may open it, in one thread hop from async code."""
     room = room_get(slug)
     return room, room is not None and room_can_access(room, user)
 
