@@ -1,7 +1,7 @@
 """ASGI entry point: HTTP through Django, WebSockets through Channels.
 
-Sockets must come from one of ALLOWED_HOSTS (Origin check) and carry a
-session; the consumer refuses anonymous ones with 4401.
+Sockets must come from the site's own origin (scheme, host and port) or a
+trusted one, and carry a session; the consumer refuses anonymous ones with 4401.
 """
 
 import gc
@@ -13,15 +13,14 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatsite.settings")
 django_asgi_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
 from rooms.routing import websocket_urlpatterns  # noqa: E402
-from rooms.socketauth import SocketAuthMiddleware  # noqa: E402
+from rooms.socketauth import OriginValidator, SocketAuthMiddleware  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
-        "websocket": AllowedHostsOriginValidator(SocketAuthMiddleware(URLRouter(websocket_urlpatterns))),
+        "websocket": OriginValidator(SocketAuthMiddleware(URLRouter(websocket_urlpatterns))),
     }
 )
 

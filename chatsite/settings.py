@@ -76,19 +76,54 @@ ASGI_APPLICATION = "chatsite.asgi.application"
 
 # --- Database -------------------------------------------------------------
 DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}")}
+# Every wait on the database is bounded, so an unreachable or hanging database
+# turns into errors the client sees (``unavailable``, 4503) within seconds:
+# - DATABASE_CONNECT_TIMEOUT: opening a connection (libpq's connect_timeout);
+# - DATABASE_STATEMENT_TIMEOUT_MS: one statement, enforced by the server (a lock
+#   held elsewhere, an overloaded server); 0 turns it off (migrations);
+# - DATABASE_POOL_TIMEOUT: waiting for a free connection of the pool;
+# - DATABASE_CALL_TIMEOUT: one unit of socket work (rooms.db.db_run), enforced by
+#   the client, which also covers a network that stopped answering.
+DATABASE_CONNECT_TIMEOUT = env.int("DATABASE_CONNECT_TIMEOUT", default=3)
+DATABASE_STATEMENT_TIMEOUT_MS = env.int("DATABASE_STATEMENT_TIMEOUT_MS", default=5000)
+DATABASE_POOL_SIZE = env.int("DATABASE_POOL_SIZE", default=10)
+DATABASE_POOL_TIMEOUT = env.float("DATABASE_POOL_TIMEOUT", default=3.0)
+DATABASE_CALL_TIMEOUT = env.float("DATABASE_CALL_TIMEOUT", default=6.0)
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # WAL lets readers run beside the one writer; IMMEDIATE takes the write lock
-    # up front so two processes never deadlock upgrading a read lock.
+    # at BEGIN, so a transaction never fails half-way on an upgrade.
     DATABASES["default"].setdefault("OPTIONS", {}).update(
         {
-            "timeout": 30,
+            "timeout": max(1, DATABASE_STATEMENT_TIMEOUT_MS // 1000) if DATABASE_STATEMENT_TIMEOUT_MS else 30,
             "transaction_mode": "IMMEDIATE",
             "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
         }
     )
-# Persistent connections: ASGI reaches the ORM from one thread per process, and
-# opening a connection per query (CONN_MAX_AGE=0) dominated handshake cost.
-DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=600)
+    # Under ASGI every request runs in a thread of its own, and a persistent
+    # connection opened there is never reused or closed (a leak per request):
+    # SQLite opens a file, which is cheap, so connections are closed after use.
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+else:
+    # PostgreSQL: Django's psycopg 3 pool. Under ASGI each request runs in a
+    # fresh thread; with CONN_MAX_AGE > 0 each one left a connection open until
+    # the server refused everyone. The pool bounds a process to
+    # DATABASE_POOL_SIZE connections whatever the traffic, and handing a
+    # connection back is cheap, so sockets return theirs after every unit of work.
+    options = DATABASES["default"].setdefault("OPTIONS", {})
+    options["pool"] = {
+        "min_size": min(2, DATABASE_POOL_SIZE),
+        "max_size": DATABASE_POOL_SIZE,
+        "timeout": DATABASE_POOL_TIMEOUT,
+        # A connection the server dropped is found by the pool's check, not by
+        # the request that happens to draw it.
+        "max_idle": 300,
+    }
+    options["connect_timeout"] = DATABASE_CONNECT_TIMEOUT
+    if DATABASE_STATEMENT_TIMEOUT_MS:
+        options["options"] = f"-c statement_timeout={DATABASE_STATEMENT_TIMEOUT_MS}"
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+# A pooled connection is checked before it is handed out (one round trip), so a
+# connection broken by a database restart never reaches a request.
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
@@ -139,16 +174,30 @@ else:
     # than the default 100.
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer", "CONFIG": {"capacity": 10000}}}
 
-# How often a socket refreshes its presence entry and group membership.
+# How often each process re-adds its hub to its groups (the core layer forgets
+# members after group_expiry, counted from group_add).
 GROUP_REFRESH_SECONDS = env.int("GROUP_REFRESH_SECONDS", default=30)
-# A presence entry not refreshed for this long belongs to a dead process.
-PRESENCE_TTL_SECONDS = env.int("PRESENCE_TTL_SECONDS", default=90)
-# How often each process checks that Redis answers; on failure it closes its
-# sockets with 4503 so clients reconnect and resume from the database.
-LAYER_HEALTH_INTERVAL = env.float("LAYER_HEALTH_INTERVAL", default=1.0)
-# A PING slower than this is a strike; two in a row close the sockets. Longer
-# than REDIS_SOCKET_TIMEOUT: a loop busy fanning out reads its replies late.
-LAYER_HEALTH_TIMEOUT = env.float("LAYER_HEALTH_TIMEOUT", default=3.0)
+# Each process refreshes its sockets' presence entries every
+# PRESENCE_REFRESH_SECONDS; an entry not refreshed for PRESENCE_TTL_SECONDS
+# belongs to a dead process and is pruned (and the room told) at the next
+# refresh of any process in the room: a dead process's tabs leave within
+# TTL + REFRESH.
+PRESENCE_REFRESH_SECONDS = env.float("PRESENCE_REFRESH_SECONDS", default=5.0)
+PRESENCE_TTL_SECONDS = env.int("PRESENCE_TTL_SECONDS", default=20)
+# Presence changes of a room are announced at most this often per process
+# (the latest state; joins in a burst become one frame).
+PRESENCE_COALESCE_MS = env.int("PRESENCE_COALESCE_MS", default=150)
+# Each process reads a boot marker from Redis every LAYER_HEALTH_INTERVAL,
+# waiting at most LAYER_HEALTH_TIMEOUT. A refused connection, no answer for
+# LAYER_OUTAGE_SECONDS, or a marker that changed (Redis restarted empty) closes
+# that process's sockets with 4503; clients reconnect and resume from the
+# database once an event the process publishes comes back to it.
+LAYER_HEALTH_INTERVAL = env.float("LAYER_HEALTH_INTERVAL", default=0.5)
+LAYER_HEALTH_TIMEOUT = env.float("LAYER_HEALTH_TIMEOUT", default=1.0)
+LAYER_OUTAGE_SECONDS = env.float("LAYER_OUTAGE_SECONDS", default=2.0)
+# The longest a frame handler waits on Redis (rate limits, presence) before it
+# falls back to its stated policy (docs/deployment.md, "When Redis fails").
+REDIS_HANDLER_TIMEOUT = env.float("REDIS_HANDLER_TIMEOUT", default=0.8)
 # Garbage-collector thresholds of a server process (chatsite/asgi.py). Python's
 # default (700, 10, 10) promotes whatever frames are in flight into the old
 # generation many times a second, so a full collection over every socket's
@@ -173,7 +222,19 @@ def _rate(value: str) -> tuple[int, int] | None:
 
 CHAT_RATE_LIMIT = _rate(env.str("CHAT_RATE_LIMIT", default="20/10s"))
 CHAT_MAX_MESSAGE_CHARS = env.int("CHAT_MAX_MESSAGE_CHARS", default=4000)
+# The largest frame a client may send; bigger ones close the socket with 4413.
 CHAT_MAX_FRAME_BYTES = env.int("CHAT_MAX_FRAME_BYTES", default=64 * 1024)
+# The largest frame the server sends. Below the server's own cap
+# (DAPHNE_MAX_MESSAGE_BYTES, 128 KiB: autobahn applies it to outgoing frames
+# too): hello and history stop adding messages before it, and a single bigger
+# frame goes out as chunk frames (docs/protocol.md).
+CHAT_MAX_SEND_FRAME_BYTES = env.int("CHAT_MAX_SEND_FRAME_BYTES", default=96 * 1024)
+# Sockets one user may have open at once, across processes (0: no cap); the
+# next is closed with 4429.
+CHAT_MAX_SOCKETS_PER_USER = env.int("CHAT_MAX_SOCKETS_PER_USER", default=20)
+# A socket's typing frames are relayed at most once per this many seconds
+# (the latest state wins; a flood of toggles is not a broadcast flood).
+CHAT_TYPING_INTERVAL = env.float("CHAT_TYPING_INTERVAL", default=1.0)
 CHAT_HELLO_MESSAGES = 50
 CHAT_RESUME_MAX = 500
 CHAT_HISTORY_MAX = 100
@@ -189,11 +250,21 @@ ASSISTANT_CONTEXT_CHARS = env.int("ASSISTANT_CONTEXT_CHARS", default=12000)
 ASSISTANT_CONTEXT_MESSAGES = env.int("ASSISTANT_CONTEXT_MESSAGES", default=50)
 ASSISTANT_RATE_LIMIT = _rate(env.str("ASSISTANT_RATE_LIMIT", default="5/60s"))
 ASSISTANT_MAX_CONCURRENT_PER_ROOM = env.int("ASSISTANT_MAX_CONCURRENT_PER_ROOM", default=1)
+# Replies streaming at once in the whole site, across rooms and processes (0: no
+# cap); further ones wait their turn, oldest room first.
+ASSISTANT_MAX_CONCURRENT = env.int("ASSISTANT_MAX_CONCURRENT", default=8)
+# Mentions waiting in one room; beyond it a mention is refused (rate_limited).
+ASSISTANT_MAX_QUEUE_PER_ROOM = env.int("ASSISTANT_MAX_QUEUE_PER_ROOM", default=10)
 ASSISTANT_FLUSH_MS = env.int("ASSISTANT_FLUSH_MS", default=50)
 ASSISTANT_FLUSH_CHARS = env.int("ASSISTANT_FLUSH_CHARS", default=200)
 # A streaming reply whose worker has not checked in for this long is marked
-# interrupted (its process died).
-ASSISTANT_STALE_SECONDS = env.int("ASSISTANT_STALE_SECONDS", default=20)
+# interrupted (its process died). Workers check in every
+# ASSISTANT_HEARTBEAT_SECONDS and each process sweeps every
+# ASSISTANT_SWEEP_SECONDS, so a dead process's reply ends within about
+# STALE + SWEEP seconds.
+ASSISTANT_STALE_SECONDS = env.float("ASSISTANT_STALE_SECONDS", default=5.0)
+ASSISTANT_HEARTBEAT_SECONDS = env.float("ASSISTANT_HEARTBEAT_SECONDS", default=1.5)
+ASSISTANT_SWEEP_SECONDS = env.float("ASSISTANT_SWEEP_SECONDS", default=1.0)
 ASSISTANT_DEMO_DELAY_MS = env.int("ASSISTANT_DEMO_DELAY_MS", default=30)
 
 # --- Auth, sessions, security --------------------------------------------

@@ -13,25 +13,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from channels.db import database_sync_to_async
 from django.conf import settings
 
 from . import events, selectors, services
+from .db import DatabaseUnavailable, db_health, db_run
 from .llm import ChatRequest, Delta, Finished, ProviderError, provider_get
 from .models import Message, Room
-from .realtime import group_publish, group_send_safe, hub, room_group, task_spawn
+from .realtime import group_publish, group_send_safe, hub, room_group
+from .tasks import tasks
 
 logger = logging.getLogger(__name__)
 
 CONTROL_GROUP = "assistant.control"
 QUEUE_POLL_SECONDS = 0.5
-SWEEP_SECONDS = 5.0
-HEARTBEAT_SECONDS = 5.0
+# While the database is away a reply keeps streaming and retries its saves this often.
+DB_RETRY_SECONDS = 1.0
 
 DEFAULT_SYSTEM_PROMPT = (
     'You are {name}, an AI assistant taking part in a group chat room called "{room}" with several people. '
@@ -52,48 +54,53 @@ class _PumpEnded:
 
 # Replies running in this process: reply id -> queue feeding its stream loop.
 _running: dict[int, asyncio.Queue[object]] = {}
-# Wakes this process's queued requests for a room when one of its replies ends.
-_room_wakeups: dict[int, asyncio.Event] = {}
-_background: dict[str, asyncio.Task[None]] = {}
+# Wakes this process's queued requests when one of its replies ends (a room's
+# turn, or a site-wide slot, may be free).
+_wakeup: asyncio.Event | None = None
+
+
+def _reset() -> None:
+    global _wakeup
+    _running.clear()
+    _wakeup = None
+
+
+tasks.on_new_loop(_reset)
+
+
+def _wakeup_event() -> asyncio.Event:
+    global _wakeup
+    tasks.bind()
+    if _wakeup is None:
+        _wakeup = asyncio.Event()
+    return _wakeup
 
 
 def reply_request(room: Room, request: Message) -> None:
     """Queue a reply to ``request``; returns at once."""
     background_ensure()
-    task_spawn(_reply_worker(room.pk, request.pk), name=f"reply-for-{request.pk}")
+    tasks.spawn(_reply_worker(room.pk, request.pk), name=f"reply-for-{request.pk}")
 
 
-async def reply_cancel(room: Room, reply_id: int, username: str) -> bool:
+async def reply_cancel(room: Room, user: object, reply_id: int) -> bool:
     """Ask whichever process runs the reply to stop it. False if no such reply streams here."""
-    reply = await database_sync_to_async(selectors.reply_get_streaming)(room, reply_id)
-    if reply is None:
+    reply = await db_run(selectors.reply_get, room, user, reply_id)
+    if reply is None or reply.status != Message.Status.STREAMING:
         return False
+    username = user.get_username()  # type: ignore[attr-defined]
     queue = _running.get(reply_id)
     if queue is not None:
         queue.put_nowait(CancelRequest(by=username))
         return True
     # Running in another process: every process listens on the control group.
-    sent = await group_send_safe(CONTROL_GROUP, {"type": "reply.cancel", "reply_id": reply_id, "by": username})
-    return sent
+    return await group_send_safe(CONTROL_GROUP, {"type": events.REPLY_CANCEL, "reply_id": reply_id, "by": username})
 
 
 def background_ensure() -> None:
     """Start this process's sweeper and cancel listener (once per process)."""
-    task = _background.get("sweeper")
-    if task is None or task.done():
-        _background["sweeper"] = asyncio.get_running_loop().create_task(_sweep_loop(), name="assistant-sweeper")
-    task = _background.get("control")
-    if not hub.joined(CONTROL_GROUP, _cancel_listener) and (task is None or task.done()):
-        _background["control"] = asyncio.get_running_loop().create_task(_control_join(), name="assistant-control")
-
-
-async def background_stop() -> None:
-    tasks = list(_background.values())
-    _background.clear()
-    for task in tasks:
-        task.cancel()
-    if tasks:
-        await asyncio.wait(tasks, timeout=5)
+    tasks.ensure("assistant-sweeper", _sweep_loop)
+    if not hub.joined(CONTROL_GROUP, _cancel_listener):
+        tasks.ensure("assistant-control", _control_join)
 
 
 class _CancelListener:
@@ -101,7 +108,7 @@ class _CancelListener:
     keeps the group membership alive across group_expiry and Redis restarts)."""
 
     async def group_deliver(self, message: dict[str, object]) -> None:
-        if message.get("type") == "reply.cancel":
+        if message.get("type") == events.REPLY_CANCEL:
             queue = _running.get(message.get("reply_id"))  # type: ignore[arg-type]
             if queue is not None:
                 queue.put_nowait(CancelRequest(by=str(message.get("by", ""))))
@@ -123,21 +130,27 @@ async def _sweep_loop() -> None:
             await reply_sweep()
         except asyncio.CancelledError:
             raise
+        except DatabaseUnavailable:
+            pass  # db_health logged it; the next sweep tries again
         except Exception:
             logger.exception("assistant sweep failed")
-        await asyncio.sleep(SWEEP_SECONDS)
+        await asyncio.sleep(settings.ASSISTANT_SWEEP_SECONDS)
 
 
 async def reply_sweep() -> None:
-    interrupted, orphans = await database_sync_to_async(services.reply_sweep_stale)()
+    if db_health.quiet_for() < settings.ASSISTANT_STALE_SECONDS:
+        # While the database was away no worker could check in: a stale beat is
+        # no evidence of a dead process until it has been back for a while.
+        return
+    interrupted, orphans = await db_run(services.reply_sweep_stale)
     for reply in interrupted:
         logger.warning("reply %s interrupted: its worker stopped checking in", reply.pk)
         await _announce(
-            reply.room_id, events.envelope(events.assistant_end_frame(reply), "assistant.end", reply_id=reply.pk)
+            reply.room_id, events.envelope(events.assistant_end_frame(reply), events.ASSISTANT_END, reply_id=reply.pk)
         )
     for request in orphans:
         logger.info("adopting queued request %s", request.pk)
-        task_spawn(_reply_worker(request.room_id, request.pk), name=f"reply-for-{request.pk}")
+        tasks.spawn(_reply_worker(request.room_id, request.pk), name=f"reply-for-{request.pk}")
 
 
 class CheckpointWriter:
@@ -154,17 +167,19 @@ class CheckpointWriter:
     def __init__(self) -> None:
         self._waiting: list[tuple[int, str, int, asyncio.Future[bool]]] = []
         self._task: asyncio.Task[None] | None = None
+        tasks.on_new_loop(self._reset)
+
+    def _reset(self) -> None:
+        self._waiting, self._task = [], None
 
     async def save(self, reply_id: int, text: str, stream_seq: int) -> bool:
-        """Returns once the checkpoint is committed; False if the reply was swept."""
-        loop = asyncio.get_running_loop()
-        if self._task is not None and self._task.get_loop() is not loop:
-            # A new event loop (tests run one per test): nothing carries over.
-            self._waiting, self._task = [], None
+        """Returns once the checkpoint is committed; False if the reply was swept.
+        Raises ``DatabaseUnavailable`` when the database is away."""
+        loop = tasks.bind()
         done: asyncio.Future[bool] = loop.create_future()
         self._waiting.append((reply_id, text, stream_seq, done))
         if self._task is None or self._task.done():
-            self._task = loop.create_task(self._run(), name="reply-checkpoints")
+            self._task = tasks.spawn(self._run(), name="reply-checkpoints")
         return await done
 
     async def _run(self) -> None:
@@ -173,8 +188,8 @@ class CheckpointWriter:
             while self._waiting:
                 batch, self._waiting = self._waiting, []
                 try:
-                    saved = await database_sync_to_async(services.reply_checkpoint_many)(
-                        [(reply_id, text, seq) for reply_id, text, seq, _ in batch]
+                    saved = await db_run(
+                        services.reply_checkpoint_many, [(reply_id, text, seq) for reply_id, text, seq, _ in batch]
                     )
                 except Exception as exc:  # noqa: BLE001 - each waiting reply handles it
                     for *_, done in batch:
@@ -201,20 +216,26 @@ async def _announce(room_id: int, envelope: dict[str, object]) -> None:
 
 
 async def _reply_worker(room_id: int, request_id: int) -> None:
-    announced = False
-    wakeup = _room_wakeups.setdefault(room_id, asyncio.Event())
+    announced = 0
     while True:
-        reply = await database_sync_to_async(services.reply_claim_turn)(room_id, request_id)
-        if reply is not None:
-            break
-        position = await database_sync_to_async(services.reply_queue_position)(room_id, request_id)
+        wakeup = _wakeup_event()
+        try:
+            reply = await db_run(services.reply_claim_turn, room_id, request_id)
+            if reply is not None:
+                break
+            position = await db_run(services.reply_queue_position, room_id, request_id)
+        except DatabaseUnavailable:
+            # The request is saved as pending: wait for the database (or, if this
+            # process dies meanwhile, another one adopts it).
+            await asyncio.sleep(DB_RETRY_SECONDS)
+            continue
         if position == 0:
             return  # answered or refused elsewhere
-        if not announced:
-            announced = True
+        if position != announced:
+            announced = position
             await _announce(
                 room_id,
-                events.envelope(events.assistant_queued_frame(request_id, position), "assistant.queued"),
+                events.envelope(events.assistant_queued_frame(request_id, position), events.ASSISTANT_QUEUED),
             )
         wakeup.clear()
         try:
@@ -224,7 +245,7 @@ async def _reply_worker(room_id: int, request_id: int) -> None:
     try:
         await _reply_run(reply)
     finally:
-        _room_wakeups.setdefault(room_id, asyncio.Event()).set()
+        _wakeup_event().set()
 
 
 def _context_build(room: Room, reply: Message) -> tuple[list[dict[str, str]], list[int]]:
@@ -268,6 +289,9 @@ async def _pump(provider_stream: AsyncIterator[Delta | Finished], queue: asyncio
     queue.put_nowait(_PumpEnded(None))
 
 
+UNAVAILABLE_ERROR = "The server lost its database while writing this reply; the text so far is kept."
+
+
 async def _reply_run(reply: Message) -> None:
     room_id = reply.room_id
     queue: asyncio.Queue[object] = asyncio.Queue()
@@ -276,9 +300,9 @@ async def _reply_run(reply: Message) -> None:
     stream = _Stream(reply.pk, room_id)
     try:
         await _announce(
-            room_id, events.envelope(events.assistant_start_frame(reply), "assistant.start", reply_id=reply.pk)
+            room_id, events.envelope(events.assistant_start_frame(reply), events.ASSISTANT_START, reply_id=reply.pk)
         )
-        _, reply, request = await database_sync_to_async(_reply_prepare)(reply.pk)
+        _, reply, request = await db_run(_reply_prepare, reply.pk)
         provider = provider_get()
         stream.model = request.model
         pump = asyncio.ensure_future(_pump(provider.stream(request), queue))
@@ -288,8 +312,10 @@ async def _reply_run(reply: Message) -> None:
         outcome = stream.outcome(
             Message.Status.INTERRUPTED, error_code="interrupted", error="The server stopped before the reply finished."
         )
-        await asyncio.shield(_reply_end(reply.pk, room_id, outcome))
+        await asyncio.shield(_reply_end(reply.pk, room_id, outcome, retry=False))
         raise
+    except DatabaseUnavailable:
+        outcome = stream.outcome(Message.Status.ERROR, error_code="unavailable", error=UNAVAILABLE_ERROR)
     except Exception:
         logger.exception("reply %s failed", reply.pk)
         outcome = stream.outcome(
@@ -306,15 +332,46 @@ async def _reply_run(reply: Message) -> None:
     await _reply_end(reply.pk, room_id, outcome)
 
 
-async def _reply_end(reply_id: int, room_id: int, outcome: services.ReplyOutcome) -> None:
-    final = await database_sync_to_async(services.reply_finish)(reply_id, outcome)
+async def _reply_end(reply_id: int, room_id: int, outcome: services.ReplyOutcome, *, retry: bool = True) -> None:
+    """Save the reply's one terminal state, then announce it.
+
+    While the database is away this keeps trying (the model's full text is
+    held here meanwhile); an outage longer than ASSISTANT_TIMEOUT_SECONDS
+    turns the outcome into an error that keeps the text, saved once the
+    database answers, for as long again.
+    """
+    started = time.monotonic()
+    patience = settings.ASSISTANT_TIMEOUT_SECONDS
+    while True:
+        try:
+            final = await db_run(services.reply_finish, reply_id, outcome)
+            break
+        except DatabaseUnavailable:
+            waited = time.monotonic() - started
+            if not retry or waited > 2 * patience:
+                logger.warning("reply %s: could not save its end; the sweeper will close it", reply_id)
+                return
+            if waited > patience and outcome.status != Message.Status.ERROR:
+                outcome = dataclasses.replace(
+                    outcome, status=Message.Status.ERROR, error_code="unavailable", error=UNAVAILABLE_ERROR
+                )
+            await asyncio.sleep(DB_RETRY_SECONDS)
     if final is None:
         return  # already ended (swept): it was announced then
-    await _announce(room_id, events.envelope(events.assistant_end_frame(final), "assistant.end", reply_id=reply_id))
+    await _announce(
+        room_id, events.envelope(events.assistant_end_frame(final), events.ASSISTANT_END, reply_id=reply_id)
+    )
 
 
 class _Stream:
-    """Folds provider deltas into coalesced, saved, broadcast chunks."""
+    """Folds provider deltas into coalesced, saved, broadcast chunks.
+
+    Each chunk is saved before it is broadcast. If the database is away, the
+    chunk is broadcast anyway and the text is kept here: the next checkpoint
+    saves all of it (a checkpoint is the whole text so far, so a failed one is
+    simply superseded). A reply that could not save for longer than
+    ASSISTANT_TIMEOUT_SECONDS ends with an error.
+    """
 
     def __init__(self, reply_id: int, room_id: int) -> None:
         self.reply_id = reply_id
@@ -327,6 +384,7 @@ class _Stream:
         self.first_token_ms: int | None = None
         self.last_flush = time.monotonic()
         self.last_beat = time.monotonic()
+        self.unsaved_since: float | None = None
 
     def outcome(self, status: str, **fields: object) -> services.ReplyOutcome:
         text = self.text + self.pending
@@ -341,18 +399,34 @@ class _Stream:
             **fields,  # type: ignore[arg-type]
         )
 
+    async def _save(self) -> None:
+        try:
+            await checkpoints.save(self.reply_id, self.text, self.seq)
+        except DatabaseUnavailable:
+            if self.unsaved_since is None:
+                self.unsaved_since = time.monotonic()
+            return
+        self.unsaved_since = None
+
+    def lost_database(self) -> bool:
+        """The database has refused every save for longer than the reply may wait."""
+        return (
+            self.unsaved_since is not None
+            and time.monotonic() - self.unsaved_since > settings.ASSISTANT_TIMEOUT_SECONDS
+        )
+
     async def flush(self) -> None:
         if not self.pending:
             return
         chunk, self.pending = self.pending, ""
         self.seq += 1
         self.text += chunk
-        await checkpoints.save(self.reply_id, self.text, self.seq)
+        await self._save()
         await _announce(
             self.room_id,
             events.envelope(
                 events.assistant_delta_frame(self.reply_id, self.seq, chunk),
-                "assistant.delta",
+                events.ASSISTANT_DELTA,
                 reply_id=self.reply_id,
                 seq=self.seq,
             ),
@@ -363,18 +437,35 @@ class _Stream:
         # only add load.
         self.last_flush = self.last_beat = time.monotonic()
 
+    async def beat(self) -> None:
+        """Check in while no tokens come (and save text a failed checkpoint left)."""
+        self.last_beat = time.monotonic()
+        if self.unsaved_since is not None:
+            await self._save()
+            return
+        try:
+            await db_run(services.reply_heartbeat, self.reply_id)
+        except DatabaseUnavailable:
+            self.unsaved_since = time.monotonic()
+
     async def run(self, queue: asyncio.Queue[object]) -> services.ReplyOutcome:
         flush_after = settings.ASSISTANT_FLUSH_MS / 1000
+        beat_every = settings.ASSISTANT_HEARTBEAT_SECONDS
         while True:
-            timeout = max(0.0, self.last_flush + flush_after - time.monotonic()) if self.pending else HEARTBEAT_SECONDS
+            if self.lost_database():
+                await self.flush()
+                return self.outcome(Message.Status.ERROR, error_code="unavailable", error=UNAVAILABLE_ERROR)
+            if self.pending:
+                timeout = max(0.0, self.last_flush + flush_after - time.monotonic())
+            else:
+                timeout = max(0.0, self.last_beat + beat_every - time.monotonic())
             try:
                 item = await asyncio.wait_for(queue.get(), timeout)
             except TimeoutError:
                 if self.pending:
                     await self.flush()
-                elif time.monotonic() - self.last_beat >= HEARTBEAT_SECONDS:
-                    self.last_beat = time.monotonic()
-                    await database_sync_to_async(services.reply_heartbeat)(self.reply_id)
+                elif time.monotonic() - self.last_beat >= beat_every:
+                    await self.beat()
                 continue
             if isinstance(item, Delta):
                 if self.first_token_ms is None:

@@ -1,10 +1,16 @@
 """The room socket: parse, authorize, call a service, send.
 
 Frames are documented in docs/protocol.md and built in ``rooms.events``.
+
+Every way a frame handler can fail ends in an ``error`` frame or a close code
+the client knows how to resume from, never in 1011: bad input is
+``bad_request``, a database that is away is ``unavailable`` (``rooms.db``),
+access lost since connect closes with 4401/4403/4404.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -13,22 +19,32 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from autobahn.exception import Disconnected
-from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
 from . import events, presence, selectors
-from .assistant import background_ensure, reply_cancel
+from .access import AccessLost, access_check_fresh
+from .assistant import background_ensure, reply_cancel, reply_request
+from .db import DatabaseUnavailable, db_run
 from .models import Message, Room
+from .presence import TooManySockets
 from .ratelimit import rate_hit
 from .realtime import group_publish, hub, layer_health, room_group, user_group
 from .services import ServiceError, message_send
+from .socketauth import session_user_resolve, socket_refuse
+from .tasks import tasks
 
 logger = logging.getLogger(__name__)
 
 
 TYPING_REPEAT_SECONDS = 2.0
+# What a lost access closes a socket with.
+ACCESS_CLOSE = {
+    "user": events.CLOSE_NOT_AUTHENTICATED,
+    "room": events.CLOSE_FORBIDDEN,
+    "gone": events.CLOSE_NOT_FOUND,
+}
 
 
 class BadFrame(Exception):
@@ -47,27 +63,50 @@ def _int_field(payload: dict[str, Any], name: str, *, required: bool = True, min
         raise BadFrame(events.BAD_REQUEST, f"{name} must be an integer")
     if minimum is not None and value < minimum:
         raise BadFrame(events.BAD_REQUEST, f"{name} must be at least {minimum}")
+    if value > 2**63 - 1:
+        raise BadFrame(events.BAD_REQUEST, f"{name} is out of range")
     return value
 
 
-async def _refuse_raw(receive: Any, send: Any, code: int) -> None:
-    """Accept and close a socket at the ASGI level, before any consumer machinery."""
-    message = await receive()
-    if message["type"] == "websocket.connect":
-        await send({"type": "websocket.accept"})
-        await send({"type": "websocket.close", "code": code})
+def _strings_clean(value: object, depth: int = 0) -> bool:
+    """No NUL and no lone surrogate in any string of a parsed frame (keys too).
+
+    JSON can smuggle both in as escapes (``\\u0000``, ``\\ud800``): PostgreSQL
+    cannot store NUL, and a lone surrogate cannot even be encoded to echo back.
+    """
+    if isinstance(value, str):
+        if "\x00" in value:
+            return False
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+        return True
+    if depth > 64:
+        return True  # json.loads' own recursion limit bounds the rest
+    if isinstance(value, dict):
+        return all(_strings_clean(k, depth + 1) and _strings_clean(v, depth + 1) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_strings_clean(v, depth + 1) for v in value)
+    return True
 
 
 class RoomConsumer(AsyncWebsocketConsumer):
     room: Room | None = None
     username: str = ""
+    user_id: int = 0
+    session_key: str | None = None
     closing: bool = False
     typing_state: bool | None = None
     typing_sent_at: float = 0.0
+    typing_next: bool | None = None
+    typing_timer: asyncio.TimerHandle | None = None
+    session_timer: asyncio.TimerHandle | None = None
     torn_down: bool = False
     handling: bool = False
     close_deferred: int | None = None
     groups_joined: list[str] = []
+    present: bool = False
     # Ids this socket was sent as its own message.send acks; their broadcast
     # copies are dropped. Created on a socket's first send: idle sockets are
     # most sockets, and each one's memory counts (bench S3).
@@ -82,7 +121,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         # While Redis is down, refuse new sockets before any work: 4503, retry.
         if not layer_health.healthy:
-            await _refuse_raw(receive, send, events.CLOSE_UNAVAILABLE)
+            await socket_refuse(receive, send, events.CLOSE_UNAVAILABLE)
             return
         # No channel of its own: the process's GroupHub delivers group messages.
         # So where channels' AsyncConsumer.__call__ runs a task per message
@@ -113,15 +152,18 @@ class RoomConsumer(AsyncWebsocketConsumer):
             await self._refuse(events.CLOSE_NOT_AUTHENTICATED)
             return
         self.user = user
+        self.user_id = user.pk
         self.username = user.get_username()
         self.session_key = getattr(self.scope.get("session"), "session_key", None)
         slug = self.scope["url_route"]["kwargs"]["slug"]
-        room, allowed = await database_sync_to_async(selectors.room_get_for)(slug, user)
-        if room is None:
-            await self._refuse(events.CLOSE_NOT_FOUND)
+        try:
+            room = await db_run(selectors.room_get_visible, slug, user)
+        except DatabaseUnavailable:
+            await self._refuse(events.CLOSE_UNAVAILABLE)
             return
-        if not allowed:
-            await self._refuse(events.CLOSE_FORBIDDEN)
+        if room is None:
+            # A private room the user may not see answers like one that does not exist.
+            await self._refuse(events.CLOSE_NOT_FOUND)
             return
         if not layer_health.healthy:
             await self._refuse(events.CLOSE_UNAVAILABLE)
@@ -134,15 +176,21 @@ class RoomConsumer(AsyncWebsocketConsumer):
             for group in (room_group(room.pk), user_group(user.pk)):
                 self.groups_joined.append(group)
                 await hub.join(group, self)
-            before = await presence.presence_list(room.pk)
-            users = await presence.presence_join(room.pk, self.username, self.socket_id)
+            joined = await presence.presence_join(room.pk, user.pk, self.username, self.socket_id)
+        except TooManySockets:
+            await self._refuse(events.CLOSE_TOO_MANY)
+            return
         except Exception as exc:  # noqa: BLE001 - Redis down: tell the client to retry
             logger.warning("connect to %s failed: %s", slug, type(exc).__name__)
             await self._refuse(events.CLOSE_UNAVAILABLE)
             return
+        self.present = True
         self.room = room
-
-        hello = await database_sync_to_async(self._hello_build)(room, after, users)
+        try:
+            hello = await db_run(self._hello_build, room, after, joined)
+        except DatabaseUnavailable:
+            await self._refuse(events.CLOSE_UNAVAILABLE)
+            return
         await self.accept()
         await self.send(text_data=hello)
         await self._backlog_flush()
@@ -150,8 +198,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
             await self._send_error(events.BAD_REQUEST, after_error)
         layer_health.register(self)
         background_ensure()
-        if self.username not in before:
-            await self._presence_broadcast(users)
+        self._session_timer_start()
 
     def _after_param(self) -> tuple[int | None, str | None]:
         query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
@@ -162,11 +209,11 @@ class RoomConsumer(AsyncWebsocketConsumer):
             value = int(raw)
         except ValueError:
             return None, "after must be a message id"
-        if value < 0:
+        if not 0 <= value < 2**63:
             return None, "after must be a message id"
         return value, None
 
-    def _hello_build(self, room: Room, after: int | None, users: list[str]) -> str:
+    def _hello_build(self, room: Room, after: int | None, joined: presence.Joined) -> str:
         truncated = False
         if after is None:
             messages = selectors.message_list_latest(room, settings.CHAT_HELLO_MESSAGES)
@@ -175,22 +222,33 @@ class RoomConsumer(AsyncWebsocketConsumer):
             messages, truncated = resume.messages, resume.truncated
         streaming = selectors.reply_list_streaming(room)
         shown = [m for m in messages if m.status != Message.Status.STREAMING]
-        self.hello_max_id = max([m.id for m in messages] + [r.id for r in streaming] + [after or 0])
-        if streaming:
-            self.hello_stream_seq = {r.id: r.stream_seq for r in streaming}
-        final_ids = frozenset(m.id for m in shown if m.role == Message.Role.ASSISTANT)
-        if final_ids:
-            self.hello_final_ids = final_ids
-        return events.hello_frame(
+        frame, sent, cut = events.hello_frame(
             room_slug=room.slug,
             room_name=room.name,
             username=self.username,
-            presence=users,
+            presence=joined.users,
+            presence_version=joined.version,
             messages=shown,
             streaming=streaming,
             truncated=truncated,
+            resume=after is not None,
             assistant_name=room.assistant_name if room.assistant_enabled else None,
+            limit=settings.CHAT_MAX_SEND_FRAME_BYTES,
         )
+        # Only what hello carries counts as seen: what a resume's bounded hello
+        # left out (cut, newer than what it carries) arrives later through
+        # history.fetch or live. Without ``after`` a cut drops the oldest rows.
+        newest = max([m.id for m in sent] + [0])
+        if cut and after is not None:
+            self.hello_max_id = newest
+        else:
+            self.hello_max_id = max([newest] + [m.id for m in messages] + [r.id for r in streaming] + [after or 0])
+        if streaming:
+            self.hello_stream_seq = {r.id: r.stream_seq for r in streaming}
+        final_ids = frozenset(m.id for m in sent if m.role == Message.Role.ASSISTANT)
+        if final_ids:
+            self.hello_final_ids = final_ids
+        return frame
 
     async def _refuse(self, code: int) -> None:
         # Accept first: a close code only reaches the client on an open socket.
@@ -204,17 +262,18 @@ class RoomConsumer(AsyncWebsocketConsumer):
         if self.torn_down:
             return
         self.torn_down = True
+        for timer in (self.typing_timer, self.session_timer):
+            if timer is not None:
+                timer.cancel()
         layer_health.unregister(self)
         for group in self.groups_joined:
             await hub.leave(group, self)
-        if self.room is None:
+        if not self.present or self.room is None:
             return
         try:
-            users = await presence.presence_leave(self.room.pk, self.username, self.socket_id)
+            await presence.presence_leave(self.room.pk, self.user_id, self.username, self.socket_id)
         except Exception:  # noqa: BLE001 - the entry ages out by itself
             return
-        if self.username not in users:
-            await self._presence_broadcast(users)
 
     async def close_for_outage(self) -> None:
         if self.handling:
@@ -241,10 +300,24 @@ class RoomConsumer(AsyncWebsocketConsumer):
 
     async def _frame_write(self, frame: str) -> None:
         """Write one text frame straight to the server's ``send``: a room event
-        runs this once per socket in the room, so it does nothing else."""
+        runs this once per socket in the room, so it does little else."""
         # A socket that is closing (we closed it for an outage or a logout, or the
         # peer went away while a frame was being handled) has no one to send to;
         # sending anyway raises inside daphne and kills the consumer mid-handler.
+        if self.closing:
+            return
+        limit = settings.CHAT_MAX_SEND_FRAME_BYTES
+        if len(frame) * 4 > limit:
+            # Possibly over what the server may send (autobahn refuses it and
+            # closes with 1011): rare, so checked exactly only here.
+            chunks = events.frame_chunks(frame, limit)
+            if chunks is not None:
+                for chunk in chunks:
+                    await self._raw_send(chunk)
+                return
+        await self._raw_send(frame)
+
+    async def _raw_send(self, frame: str) -> None:
         if self.closing:
             return
         try:
@@ -253,14 +326,22 @@ class RoomConsumer(AsyncWebsocketConsumer):
             # daphne raises autobahn's Disconnected; other ASGI servers an OSError.
             self.closing = True
 
-    async def _presence_broadcast(self, users: list[str]) -> None:
-        assert self.room is not None
-        group_publish(room_group(self.room.pk), events.envelope(events.presence_frame(users), "presence"))
+    def _session_timer_start(self) -> None:
+        """Close the socket when its session expires (checked again then: the
+        session may have been extended meanwhile)."""
+        expires = self.scope.get("session_expires")
+        if expires is None:
+            return
+        delay = max(1.0, expires.timestamp() - time.time())
+        if delay > 30 * 86400:
+            return  # beyond any socket's life (daphne closes sockets after a day)
+        loop = asyncio.get_running_loop()
+        self.session_timer = loop.call_later(delay, lambda: tasks.spawn(self._access_recheck(), "session-expiry"))
 
     # --- Client frames -------------------------------------------------------------
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
-        if self.room is None:
+        if self.room is None or self.closing:
             return
         if bytes_data is not None:
             if len(bytes_data) > settings.CHAT_MAX_FRAME_BYTES:
@@ -269,7 +350,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
             await self._send_error(events.BAD_REQUEST, "binary frames are not supported; send JSON text")
             return
         assert text_data is not None
-        if len(text_data) > settings.CHAT_MAX_FRAME_BYTES or len(text_data.encode()) > settings.CHAT_MAX_FRAME_BYTES:
+        if len(text_data) > settings.CHAT_MAX_FRAME_BYTES or events.utf8_len(text_data) > settings.CHAT_MAX_FRAME_BYTES:
             await self.close(code=events.CLOSE_TOO_LARGE)
             return
         try:
@@ -277,17 +358,28 @@ class RoomConsumer(AsyncWebsocketConsumer):
         except (ValueError, RecursionError):
             await self._send_error(events.BAD_JSON, "frame is not valid JSON")
             return
+        if ("\\u" in text_data or "\x00" in text_data) and not _strings_clean(payload):
+            await self._send_error(events.BAD_REQUEST, "frame contains NUL or invalid Unicode")
+            return
         self.handling = True
         # An error that answers a message.send names its client_id, so a client
         # can tell which of its pending sends failed.
         client_id = payload.get("client_id") if isinstance(payload, dict) else None
-        client_id = client_id if isinstance(client_id, str) and len(client_id) <= 64 else None
+        client_id = client_id if isinstance(client_id, str) and 0 < len(client_id) <= 64 else None
         try:
             await self._dispatch(payload)
         except BadFrame as exc:
             await self._send_error(exc.code, exc.detail, client_id)
         except ServiceError as exc:
             await self._send_error(exc.code, exc.detail, client_id)
+        except DatabaseUnavailable:
+            await self._send_error(events.UNAVAILABLE, "the server cannot reach its database; try again", client_id)
+        except AccessLost as exc:
+            await self.close(code=ACCESS_CLOSE[exc.what])
+        except Exception:
+            kind = str(payload.get("type"))[:40] if isinstance(payload, dict) else ""
+            logger.exception("handling a %s frame failed", kind)
+            await self._send_error(events.INTERNAL, "something went wrong on our side", client_id)
         finally:
             self.handling = False
             if self.close_deferred is not None:
@@ -305,8 +397,11 @@ class RoomConsumer(AsyncWebsocketConsumer):
             await self._history_fetch(payload)
         elif kind == events.ASSISTANT_CANCEL:
             await self._assistant_cancel(payload)
+        elif kind == events.ASSISTANT_FETCH:
+            await self._assistant_fetch(payload)
         elif kind == events.PING:
-            last_seq, streaming = await database_sync_to_async(selectors.room_sync_state)(self.room)
+            assert self.room is not None
+            last_seq, streaming = await db_run(selectors.room_sync_state, self.room)
             await self.send(text_data=events.pong_frame(last_seq, streaming))
         else:
             raise BadFrame(events.BAD_REQUEST, f"unknown type {kind[:40]!r}")
@@ -315,15 +410,17 @@ class RoomConsumer(AsyncWebsocketConsumer):
         assert self.room is not None
         if "text" not in payload:
             raise BadFrame(events.BAD_REQUEST, "text is required")
-        if not await rate_hit(f"chat:{self.user.pk}", settings.CHAT_RATE_LIMIT):
+        if not await rate_hit(f"chat:{self.user_id}", settings.CHAT_RATE_LIMIT):
             raise BadFrame(events.RATE_LIMITED, "you are sending messages too fast; wait a few seconds")
-        await message_send(
+        message, created = await message_send(
             room=self.room,
             user=self.user,
             text=payload["text"],
             client_id=payload.get("client_id"),
             on_saved=self._message_ack,
         )
+        if created and message.reply_state == Message.ReplyState.PENDING:
+            reply_request(self.room, message)
 
     async def _message_ack(self, message: Message) -> None:
         # The sender hears back directly, before the broadcast, so a stalled
@@ -342,31 +439,68 @@ class RoomConsumer(AsyncWebsocketConsumer):
         if not isinstance(active, bool):
             raise BadFrame(events.BAD_REQUEST, "active must be true or false")
         # A typing flood must not become a broadcast flood: repeats of the same
-        # state within TYPING_REPEAT_SECONDS are dropped (clients refresh every ~3 s).
+        # state within TYPING_REPEAT_SECONDS are dropped (clients refresh every
+        # ~3 s), and changes go out at most once per CHAT_TYPING_INTERVAL, the
+        # latest state last.
         now = time.monotonic()
         if active == self.typing_state and now - self.typing_sent_at < TYPING_REPEAT_SECONDS:
+            self.typing_next = None
             return
+        wait = self.typing_sent_at + settings.CHAT_TYPING_INTERVAL - now
+        if wait > 0:
+            self.typing_next = active
+            if self.typing_timer is None:
+                self.typing_timer = asyncio.get_running_loop().call_later(wait, self._typing_flush)
+            return
+        self._typing_publish(active, now)
+
+    def _typing_flush(self) -> None:
+        self.typing_timer = None
+        active, self.typing_next = self.typing_next, None
+        if active is None or self.closing or self.torn_down or active == self.typing_state:
+            return
+        self._typing_publish(active, time.monotonic())
+
+    def _typing_publish(self, active: bool, now: float) -> None:
+        assert self.room is not None
         self.typing_state, self.typing_sent_at = active, now
         group_publish(
             room_group(self.room.pk),
-            events.envelope(events.typing_frame(self.username, active), "typing", username=self.username),
+            events.envelope(events.typing_frame(self.username, active), events.TYPING, username=self.username),
         )
 
     async def _history_fetch(self, payload: dict[str, Any]) -> None:
         assert self.room is not None
-        before = _int_field(payload, "before", minimum=1)
+        before = _int_field(payload, "before", required=False, minimum=1)
+        after = _int_field(payload, "after", required=False, minimum=0)
+        if (before is None) == (after is None):
+            raise BadFrame(events.BAD_REQUEST, "give exactly one of before and after (message ids)")
         limit = _int_field(payload, "limit", required=False, minimum=1) or 50
         if limit > settings.CHAT_HISTORY_MAX:
             raise BadFrame(events.BAD_REQUEST, f"limit must be at most {settings.CHAT_HISTORY_MAX}")
-        messages, has_more = await database_sync_to_async(selectors.message_list_before)(self.room, before, limit)
-        await self.send(text_data=events.history_frame(messages, has_more))
+        page = await db_run(selectors.history_page, self.room, self.user, before=before, after=after, limit=limit)
+        frame, _, _ = events.history_frame(
+            page.messages,
+            page.truncated,
+            keep="oldest" if after is not None else "newest",
+            limit=settings.CHAT_MAX_SEND_FRAME_BYTES,
+        )
+        await self.send(text_data=frame)
 
     async def _assistant_cancel(self, payload: dict[str, Any]) -> None:
         assert self.room is not None
         reply_id = _int_field(payload, "reply_id", minimum=1)
         assert reply_id is not None
-        if not await reply_cancel(self.room, reply_id, self.username):
+        if not await reply_cancel(self.room, self.user, reply_id):
             raise BadFrame(events.NOT_FOUND, "no reply with that id is being written in this room")
+
+    async def _assistant_fetch(self, payload: dict[str, Any]) -> None:
+        assert self.room is not None
+        reply_id = _int_field(payload, "reply_id", minimum=1)
+        reply = await db_run(selectors.reply_get, self.room, self.user, reply_id)
+        if reply is None:
+            raise BadFrame(events.NOT_FOUND, "no assistant reply with that id in this room")
+        await self.send(text_data=events.assistant_snapshot_frame(reply))
 
     async def _send_error(self, code: str, detail: str, client_id: str | None = None) -> None:
         await self.send(text_data=events.error_frame(code, detail, client_id))
@@ -374,21 +508,50 @@ class RoomConsumer(AsyncWebsocketConsumer):
     # --- Group events --------------------------------------------------------------
 
     async def group_deliver(self, message: dict[str, Any]) -> None:
-        """Called by the process's GroupHub for every message to our groups."""
+        """Called by the process's GroupHub for every message to our groups.
+
+        It runs inside the hub's loop over every local socket: nothing here may
+        wait on the database or Redis (access re-checks are spawned)."""
         if self.closing or self.torn_down:
             return
         if self.backlog is not None:
             self.backlog.append(message)
             return
         kind = message.get("type")
-        if kind == "room.event":
+        if kind == events.ROOM_EVENT:
             frame = self._room_event_frame(message)
             if frame is not None:
                 await self._frame_write(frame)
-        elif kind == "user.logout":
-            await self.user_logout(message)
-        elif kind == "user.removed":
-            await self.user_removed(message)
+        elif kind == events.USER_SESSION_END:
+            if message.get("session_key") and message["session_key"] == self.session_key:
+                await self.close(code=events.CLOSE_NOT_AUTHENTICATED)
+        elif kind == events.USER_ACCESS or (kind == events.USER_REMOVED and self._is_my_room(message)):
+            tasks.spawn(self._access_recheck(), "access-recheck")
+        elif kind == events.ROOM_ACCESS and self._is_my_room(message):
+            if message.get("private") and self.user_id not in message.get("members", ()):
+                await self.close(code=events.CLOSE_FORBIDDEN)
+        elif kind == events.ROOM_DELETED and self._is_my_room(message):
+            await self.close(code=events.CLOSE_NOT_FOUND)
+
+    def _is_my_room(self, message: dict[str, Any]) -> bool:
+        return self.room is not None and message.get("room_id") == self.room.pk
+
+    async def _access_recheck(self) -> None:
+        """Something about this user's access changed (deactivated, password or
+        session changed, removed from a room, the session expired): look again."""
+        if self.closing or self.torn_down or self.room is None:
+            return
+        try:
+            _, user, _ = await db_run(session_user_resolve, self.session_key)
+            if not user.is_authenticated or user.pk != self.user_id:
+                await self.close(code=events.CLOSE_NOT_AUTHENTICATED)
+                return
+            self.user = user
+            await db_run(access_check_fresh, self.room.pk, user)
+        except AccessLost as exc:
+            await self.close(code=ACCESS_CLOSE[exc.what])
+        except DatabaseUnavailable:
+            pass  # every action checks again; nothing acts on stale access
 
     async def _backlog_flush(self) -> None:
         backlog, self.backlog = self.backlog or [], None
@@ -398,30 +561,22 @@ class RoomConsumer(AsyncWebsocketConsumer):
     def _room_event_frame(self, event: dict[str, Any]) -> str | None:
         """The pre-serialised frame of a room event, or None if this socket has it already."""
         kind = event["kind"]
-        if kind == "message":
+        if kind == events.MESSAGE:
             message_id = event["id"]
             if message_id <= self.hello_max_id:
                 return None
             if self.acked_ids and message_id in self.acked_ids:
                 self.acked_ids.discard(message_id)
                 return None
-        elif kind == "typing":
+        elif kind == events.TYPING:
             if event["username"] == self.username:
                 return None
-        elif kind == "assistant.start":
+        elif kind == events.ASSISTANT_START:
             if event["reply_id"] in self.hello_stream_seq or event["reply_id"] in self.hello_final_ids:
                 return None
-        elif kind == "assistant.delta":
+        elif kind == events.ASSISTANT_DELTA:
             if event["seq"] <= self.hello_stream_seq.get(event["reply_id"], 0):
                 return None
-        elif kind == "assistant.end" and event["reply_id"] in self.hello_final_ids:
+        elif kind == events.ASSISTANT_END and event["reply_id"] in self.hello_final_ids:
             return None
         return event["frame"]
-
-    async def user_logout(self, event: dict[str, Any]) -> None:
-        if event.get("session_key") and event["session_key"] == self.session_key:
-            await self.close(code=events.CLOSE_NOT_AUTHENTICATED)
-
-    async def user_removed(self, event: dict[str, Any]) -> None:
-        if self.room is not None and event.get("room_id") == self.room.pk and self.room.is_private:
-            await self.close(code=events.CLOSE_FORBIDDEN)

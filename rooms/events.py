@@ -1,13 +1,21 @@
-"""The WebSocket wire protocol: every frame type and its payload builder.
+"""The wire protocol and the messages between processes: every name and shape.
 
-This is the only module that knows the names and shapes clients depend on
-(docs/protocol.md states them). Frames are serialised once here, so a room
-event costs one ``json.dumps`` however many sockets receive it.
+This is the only module that knows the frame types, error and close codes
+clients depend on (docs/protocol.md states them), the kinds of room-event
+envelopes, and the inter-process message types. Frames are serialised once
+here, so a room event costs one ``json.dumps`` however many sockets receive it.
+
+Every frame the server sends stays within ``CHAT_MAX_SEND_FRAME_BYTES``:
+``hello`` and ``history`` stop adding messages when the next one would not fit
+(and say so), and any single frame still over the bound (one huge message) is
+split into ``chunk`` frames that clients join back together.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from .models import Message
@@ -23,14 +31,17 @@ ASSISTANT_START = "assistant.start"
 ASSISTANT_DELTA = "assistant.delta"
 ASSISTANT_END = "assistant.end"
 ASSISTANT_QUEUED = "assistant.queued"
+ASSISTANT_SNAPSHOT = "assistant.snapshot"
+PONG = "pong"
+CHUNK = "chunk"
 
 # Client -> server frame types.
 MESSAGE_SEND = "message.send"
 TYPING_SET = "typing"
 HISTORY_FETCH = "history.fetch"
 ASSISTANT_CANCEL = "assistant.cancel"
+ASSISTANT_FETCH = "assistant.fetch"
 PING = "ping"
-PONG = "pong"
 
 # Error codes.
 BAD_JSON = "bad_json"
@@ -39,17 +50,41 @@ TOO_LONG = "too_long"
 RATE_LIMITED = "rate_limited"
 NOT_FOUND = "not_found"
 UNAVAILABLE = "unavailable"
+INTERNAL = "internal"
 
 # Close codes (autobahn lets an application send only 1000 and 3000-4999).
 CLOSE_NOT_AUTHENTICATED = 4401
 CLOSE_FORBIDDEN = 4403
 CLOSE_NOT_FOUND = 4404
 CLOSE_TOO_LARGE = 4413
+CLOSE_TOO_MANY = 4429
 CLOSE_UNAVAILABLE = 4503
+
+# --- Between processes ------------------------------------------------------
+# Messages on the channel layer. Room groups carry ROOM_EVENT envelopes (and
+# ROOM_ACCESS / ROOM_DELETED); user groups carry the access changes; the
+# control group carries REPLY_CANCEL; each process's own group carries
+# HEALTH_ECHO.
+ROOM_EVENT = "room.event"
+ROOM_ACCESS = "room.access"
+ROOM_DELETED = "room.deleted"
+USER_SESSION_END = "user.session_end"
+USER_ACCESS = "user.access"
+USER_REMOVED = "user.removed"
+REPLY_CANCEL = "reply.cancel"
+HEALTH_ECHO = "health.echo"
 
 
 def dumps(payload: dict[str, Any]) -> str:
     return json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+
+
+def utf8_len(text: str) -> int:
+    """Bytes of ``text`` on the wire; exact, but cheap for the common case."""
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+
+
+# --- Objects -------------------------------------------------------------------
 
 
 def message_payload(message: Message) -> dict[str, Any]:
@@ -67,7 +102,7 @@ def message_payload(message: Message) -> dict[str, Any]:
     if message.role == Message.Role.ASSISTANT:
         payload["in_reply_to"] = message.in_reply_to_id
         payload["model"] = message.model
-        if message.status == Message.Status.ERROR:
+        if message.status in (Message.Status.ERROR, Message.Status.INTERRUPTED) and message.error:
             payload["error"] = message.error
         if message.status == Message.Status.CANCELLED and message.cancelled_by:
             payload["cancelled_by"] = message.cancelled_by
@@ -87,44 +122,125 @@ def streaming_payload(reply: Message) -> dict[str, Any]:
     }
 
 
+# --- Bounded frames ---------------------------------------------------------------
+
+
+def _json_list(parts: Iterable[str]) -> str:
+    return "[" + ",".join(parts) + "]"
+
+
+def messages_fit(messages: Sequence[Message], budget: int, *, keep: str) -> tuple[list[Message], list[str], bool]:
+    """The messages whose serialised payloads fit ``budget`` bytes, and those payloads.
+
+    ``keep="oldest"`` takes from the front and stops at the first that does not
+    fit (a resume continues after the last one); ``keep="newest"`` takes from the
+    back (the latest messages, older ones paged in on request). At least one
+    message is always taken: a single message over the budget still goes out
+    (in chunk frames). Returns ``(messages, payload JSON, cut)``.
+    """
+    ordered = list(messages) if keep == "oldest" else list(reversed(messages))
+    taken: list[Message] = []
+    parts: list[str] = []
+    used = 0
+    cut = False
+    for message in ordered:
+        part = dumps(message_payload(message))
+        size = utf8_len(part) + 1
+        if taken and used + size > budget:
+            cut = True
+            break
+        taken.append(message)
+        parts.append(part)
+        used += size
+    if keep == "newest":
+        taken.reverse()
+        parts.reverse()
+    return taken, parts, cut
+
+
+def frame_chunks(frame: str, limit: int) -> list[str] | None:
+    """``frame`` as ``chunk`` frames of at most ``limit`` bytes each, or None if
+    it fits as it is.
+
+    A chunk's ``data`` is a slice of the frame's text; joined in ``index`` order
+    the slices are the original frame. Every character of a slice costs at
+    most 4 bytes once re-encoded as a JSON string (2 for an escaped ASCII
+    character, 4 for the widest UTF-8), so slices of ``(limit - 200) // 4``
+    characters always fit.
+    """
+    if len(frame) * 4 <= limit or utf8_len(frame) <= limit:
+        return None
+    step = max(1, (limit - 200) // 4)
+    pieces = [frame[i : i + step] for i in range(0, len(frame), step)]
+    chunk_id = f"c{next(_chunk_ids)}"
+    return [
+        dumps({"type": CHUNK, "id": chunk_id, "index": index, "count": len(pieces), "data": piece})
+        for index, piece in enumerate(pieces)
+    ]
+
+
+_chunk_ids = itertools.count(1)
+
+
+# --- Server frames ------------------------------------------------------------------
+
+
 def hello_frame(
     *,
     room_slug: str,
     room_name: str,
     username: str,
     presence: list[str],
+    presence_version: int,
     messages: list[Message],
     streaming: list[Message],
     truncated: bool,
+    resume: bool,
     assistant_name: str | None,
-) -> str:
-    payload: dict[str, Any] = {
+    limit: int,
+) -> tuple[str, list[Message], bool]:
+    """The hello frame within ``limit`` bytes; returns ``(frame, messages sent, cut)``.
+
+    The streaming replies and presence always go in; messages fill what is
+    left. A resume (``resume``) keeps the oldest and sets ``truncated`` when it
+    had to stop (the client pages on with ``history.fetch`` ``after``); a fresh
+    open keeps the newest (older ones are paged in with ``before``).
+    """
+    head: dict[str, Any] = {
         "type": HELLO,
         "room": {"slug": room_slug, "name": room_name, "assistant": assistant_name},
         "user": {"username": username},
         "presence": presence,
-        "messages": [message_payload(m) for m in messages],
+        "presence_version": presence_version,
         "streaming": [streaming_payload(r) for r in streaming],
     }
-    if truncated:
-        payload["truncated"] = True
-    return dumps(payload)
+    budget = limit - utf8_len(dumps(head)) - 64
+    sent, parts, cut = messages_fit(messages, budget, keep="oldest" if resume else "newest")
+    if truncated or (cut and resume):
+        head["truncated"] = True
+    text = dumps(head)
+    return text[:-1] + ',"messages":' + _json_list(parts) + "}", sent, cut
 
 
 def message_frame(message: Message) -> str:
     return dumps({"type": MESSAGE, "message": message_payload(message)})
 
 
-def presence_frame(users: list[str]) -> str:
-    return dumps({"type": PRESENCE, "users": users})
+def presence_frame(users: list[str], version: int) -> str:
+    return dumps({"type": PRESENCE, "users": users, "version": version})
 
 
 def typing_frame(username: str, active: bool) -> str:
     return dumps({"type": TYPING, "username": username, "active": active})
 
 
-def history_frame(messages: list[Message], has_more: bool) -> str:
-    return dumps({"type": HISTORY, "messages": [message_payload(m) for m in messages], "has_more": has_more})
+def history_frame(messages: list[Message], has_more: bool, *, keep: str, limit: int) -> tuple[str, list[Message], bool]:
+    """The answer to ``history.fetch`` within ``limit`` bytes: ``keep="newest"``
+    for a page before an id (the rows nearest it), ``"oldest"`` for a page
+    after one. A page cut short says ``has_more``."""
+    sent, parts, cut = messages_fit(messages, limit - 64, keep=keep)
+    more = "true" if has_more or cut else "false"
+    return '{"type":"history","messages":' + _json_list(parts) + ',"has_more":' + more + "}", sent, cut
 
 
 def error_frame(code: str, detail: str, client_id: str | None = None) -> str:
@@ -163,10 +279,19 @@ def assistant_queued_frame(in_reply_to: int, position: int) -> str:
     return dumps({"type": ASSISTANT_QUEUED, "in_reply_to": in_reply_to, "position": position})
 
 
+def assistant_snapshot_frame(reply: Message) -> str:
+    """A reply's state for a client that missed a delta: the text so far and the
+    delta ``seq`` it ends with while it streams, or the final message once ended."""
+    if reply.status == Message.Status.STREAMING:
+        return dumps({"type": ASSISTANT_SNAPSHOT, "reply_id": reply.id, "streaming": streaming_payload(reply)})
+    return dumps({"type": ASSISTANT_SNAPSHOT, "reply_id": reply.id, "message": message_payload(reply)})
+
+
 # --- Channel-layer envelopes ------------------------------------------------
-# What travels between processes: the frame already serialised, plus the few
-# fields a consumer needs to deduplicate or filter without parsing it.
+# What travels between processes for a room event: the frame already
+# serialised, plus the few fields a consumer needs to deduplicate or filter
+# without parsing it. ``kind`` is the frame's type.
 
 
 def envelope(frame: str, kind: str, **fields: Any) -> dict[str, Any]:
-    return {"type": "room.event", "kind": kind, "frame": frame, **fields}
+    return {"type": ROOM_EVENT, "kind": kind, "frame": frame, **fields}

@@ -12,14 +12,17 @@ import asyncio
 from django.conf import settings
 from redis import asyncio as aioredis
 
-_clients: dict[asyncio.AbstractEventLoop, aioredis.Redis] = {}
+_clients: dict[tuple[asyncio.AbstractEventLoop, str], aioredis.Redis] = {}
 
 
-def kv_client() -> aioredis.Redis | None:
+def kv_client(purpose: str = "default") -> aioredis.Redis | None:
+    """The process's client for ``purpose``. The health watch has a client of its
+    own: redis-py's pool serialises reconnects, and during a Redis stall every
+    call would otherwise queue behind a timing-out reconnect of someone else's."""
     if not settings.REDIS_URL:
         return None
     loop = asyncio.get_running_loop()
-    client = _clients.get(loop)
+    client = _clients.get((loop, purpose))
     if client is None:
         client = aioredis.Redis.from_url(
             settings.REDIS_URL,
@@ -28,5 +31,5 @@ def kv_client() -> aioredis.Redis | None:
             health_check_interval=0,
             decode_responses=True,
         )
-        _clients[loop] = client
+        _clients[(loop, purpose)] = client
     return client

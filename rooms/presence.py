@@ -1,10 +1,23 @@
-"""Who is in a room, counted once per user however many tabs, across processes.
+"""Who is in a room, counted once per user however many tabs, across processes;
+and how many sockets each user has open.
 
-Each open socket holds one entry ``username|socket`` scored with its expiry
-time. One task per process refreshes all of its sockets' entries in a single
-pipeline per room (not one round trip per socket), and prunes entries that
-stopped being refreshed: a process killed with ``kill -9`` never says goodbye,
-so its sockets age out and the room is told.
+Each open socket holds an entry ``username|socket`` in its room's sorted set,
+scored with its expiry time, and one in its user's set (the per-user socket
+cap). One keeper per process refreshes all of its sockets' entries every
+PRESENCE_REFRESH_SECONDS in a single pipeline per room, re-adds any that went
+missing (Redis restarted empty) and prunes entries nobody refreshed: a process
+killed with ``kill -9`` never says goodbye, so its sockets age out within
+PRESENCE_TTL_SECONDS + PRESENCE_REFRESH_SECONDS.
+
+Ordering: publishes from two processes can cross on the way to a client, so
+every ``presence`` frame carries a ``version`` taken in the same Redis
+transaction as the list it carries; clients apply a frame only if its version
+is newer than the one they hold (``hello`` gives the starting one). Changes of
+a room are announced at most every PRESENCE_COALESCE_MS per process: a burst of
+joins is one frame.
+
+Every Redis call here is bounded by REDIS_HANDLER_TIMEOUT: a connect during a
+Redis stall is refused (4503) rather than left waiting.
 """
 
 from __future__ import annotations
@@ -12,24 +25,58 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import dataclass
 
 from django.conf import settings
 
 from . import events
 from .kv import kv_client
 from .realtime import group_publish, room_group
+from .tasks import tasks
 
 logger = logging.getLogger(__name__)
 
-# Single-process fallback (no Redis): room key -> {entry: expiry}.
+
+class TooManySockets(Exception):
+    """The user already has CHAT_MAX_SOCKETS_PER_USER sockets open."""
+
+
+@dataclass
+class Joined:
+    users: list[str]
+    version: int
+
+
+# Single-process fallback (no Redis): key -> {entry: expiry}, room -> version.
 _local: dict[str, dict[str, float]] = {}
-# This process's sockets: room id -> {entry}.
+_local_versions: dict[int, int] = {}
+# This process's sockets: room id -> {entry}; user id -> {socket id}.
 _mine: dict[int, set[str]] = {}
-_keeper: asyncio.Task[None] | None = None
+_mine_sockets: dict[int, set[str]] = {}
+# Rooms whose change waits to be announced.
+_dirty: set[int] = set()
+_wake: asyncio.Event | None = None
+
+
+def _reset() -> None:
+    global _wake
+    _dirty.clear()
+    _wake = None
+
+
+tasks.on_new_loop(_reset)
 
 
 def _key(room_id: int) -> str:
     return f"chat:presence:{room_id}"
+
+
+def _version_key(room_id: int) -> str:
+    return f"chat:presence:v:{room_id}"
+
+
+def _user_key(user_id: int) -> str:
+    return f"chat:sockets:{user_id}"
 
 
 def _entry(username: str, socket_id: str) -> str:
@@ -40,36 +87,88 @@ def _users(entries: list[str]) -> list[str]:
     return sorted({e.rsplit("|", 1)[0] for e in entries})
 
 
-async def presence_join(room_id: int, username: str, socket_id: str) -> list[str]:
-    """Record the socket and return the room's users afterwards."""
+def _bounded(awaitable):  # type: ignore[no-untyped-def]
+    return asyncio.wait_for(awaitable, settings.REDIS_HANDLER_TIMEOUT)
+
+
+async def presence_join(room_id: int, user_id: int, username: str, socket_id: str) -> Joined:
+    """Record the socket; return the room's users and presence version.
+
+    Raises ``TooManySockets`` (and records nothing) when the user is over
+    CHAT_MAX_SOCKETS_PER_USER, and Redis errors or ``TimeoutError`` when Redis
+    is away.
+    """
     entry = _entry(username, socket_id)
-    _mine.setdefault(room_id, set()).add(entry)
-    _keeper_ensure()
-    expires = time.time() + settings.PRESENCE_TTL_SECONDS
+    now = time.time()
+    expires = now + settings.PRESENCE_TTL_SECONDS
+    cap = settings.CHAT_MAX_SOCKETS_PER_USER
     client = kv_client()
     if client is None:
-        _local.setdefault(_key(room_id), {})[entry] = expires
-        return await presence_list(room_id)
-    async with client.pipeline(transaction=True) as pipe:
-        pipe.zadd(_key(room_id), {entry: expires})
-        pipe.expire(_key(room_id), settings.PRESENCE_TTL_SECONDS * 2)
-        await pipe.execute()
-    return await presence_list(room_id)
+        sockets = _local.setdefault(_user_key(user_id), {})
+        for stale in [s for s, exp in sockets.items() if exp <= now]:
+            del sockets[stale]
+        if cap and len(sockets) >= cap:
+            raise TooManySockets
+        sockets[socket_id] = expires
+        room = _local.setdefault(_key(room_id), {})
+        before = _users([e for e, exp in room.items() if exp > now])
+        room[entry] = expires
+        version = _local_versions.get(room_id, 0)
+    else:
+        async with client.pipeline(transaction=True) as pipe:
+            pipe.zremrangebyscore(_user_key(user_id), "-inf", now)
+            pipe.zadd(_user_key(user_id), {socket_id: expires})
+            pipe.zcard(_user_key(user_id))
+            pipe.expire(_user_key(user_id), settings.PRESENCE_TTL_SECONDS * 2)
+            pipe.zrangebyscore(_key(room_id), now, "+inf")
+            pipe.zadd(_key(room_id), {entry: expires})
+            pipe.expire(_key(room_id), settings.PRESENCE_TTL_SECONDS * 2)
+            pipe.get(_version_key(room_id))
+            _, _, count, _, entries, _, _, version = await _bounded(pipe.execute())
+        if cap and int(count) > cap:
+            async with client.pipeline(transaction=True) as pipe:
+                pipe.zrem(_user_key(user_id), socket_id)
+                pipe.zrem(_key(room_id), entry)
+                await _bounded(pipe.execute())
+            raise TooManySockets
+        before = _users(entries)
+        version = int(version or 0)
+    _mine.setdefault(room_id, set()).add(entry)
+    _mine_sockets.setdefault(user_id, set()).add(socket_id)
+    _keeper_ensure()
+    if username not in before:
+        presence_changed(room_id)
+    return Joined(users=sorted({*before, username}), version=version)
 
 
-async def presence_leave(room_id: int, username: str, socket_id: str) -> list[str]:
+async def presence_leave(room_id: int, user_id: int, username: str, socket_id: str) -> None:
     entry = _entry(username, socket_id)
     mine = _mine.get(room_id)
     if mine is not None:
         mine.discard(entry)
         if not mine:
             del _mine[room_id]
+    sockets = _mine_sockets.get(user_id)
+    if sockets is not None:
+        sockets.discard(socket_id)
+        if not sockets:
+            del _mine_sockets[user_id]
+    now = time.time()
     client = kv_client()
     if client is None:
-        _local.get(_key(room_id), {}).pop(entry, None)
-        return await presence_list(room_id)
-    await client.zrem(_key(room_id), entry)
-    return await presence_list(room_id)
+        _local.get(_user_key(user_id), {}).pop(socket_id, None)
+        room = _local.get(_key(room_id), {})
+        room.pop(entry, None)
+        after = _users([e for e, exp in room.items() if exp > now])
+    else:
+        async with client.pipeline(transaction=True) as pipe:
+            pipe.zrem(_user_key(user_id), socket_id)
+            pipe.zrem(_key(room_id), entry)
+            pipe.zrangebyscore(_key(room_id), now, "+inf")
+            *_, entries = await _bounded(pipe.execute())
+        after = _users(entries)
+    if username not in after:
+        presence_changed(room_id)
 
 
 async def presence_list(room_id: int) -> list[str]:
@@ -78,19 +177,61 @@ async def presence_list(room_id: int) -> list[str]:
     if client is None:
         entries = _local.get(_key(room_id), {})
         return _users([e for e, exp in entries.items() if exp > now])
-    return _users(await client.zrangebyscore(_key(room_id), now, "+inf"))
+    return _users(await _bounded(client.zrangebyscore(_key(room_id), now, "+inf")))
+
+
+def presence_changed(room_id: int) -> None:
+    """Announce the room's presence soon (coalesced)."""
+    global _wake
+    _dirty.add(room_id)
+    if _wake is None:
+        _wake = asyncio.Event()
+    _wake.set()
+    tasks.ensure("presence-announcer", _announcer_run)
+
+
+async def _announcer_run() -> None:
+    while True:
+        assert _wake is not None
+        await _wake.wait()
+        _wake.clear()
+        await asyncio.sleep(settings.PRESENCE_COALESCE_MS / 1000)
+        rooms = list(_dirty)
+        _dirty.clear()
+        for room_id in rooms:
+            try:
+                await presence_announce(room_id)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - Redis trouble is LayerHealth's to report
+                logger.warning("presence announce failed: %s", type(exc).__name__)
+
+
+async def presence_announce(room_id: int) -> None:
+    """Publish the room's users with a new version, read in one transaction."""
+    now = time.time()
+    client = kv_client()
+    if client is None:
+        version = _local_versions[room_id] = _local_versions.get(room_id, 0) + 1
+        entries = _local.get(_key(room_id), {})
+        users = _users([e for e, exp in entries.items() if exp > now])
+    else:
+        async with client.pipeline(transaction=True) as pipe:
+            pipe.incr(_version_key(room_id))
+            pipe.expire(_version_key(room_id), settings.PRESENCE_TTL_SECONDS * 2)
+            pipe.zrangebyscore(_key(room_id), now, "+inf")
+            version, _, entries = await _bounded(pipe.execute())
+        users = _users(entries)
+    group_publish(room_group(room_id), events.envelope(events.presence_frame(users, int(version)), events.PRESENCE))
 
 
 def _keeper_ensure() -> None:
-    global _keeper
-    loop = asyncio.get_running_loop()
-    if _keeper is None or _keeper.done() or _keeper.get_loop() is not loop:
-        _keeper = loop.create_task(_keeper_run(), name="presence-keeper")
+    tasks.ensure("presence-keeper", _keeper_run)
 
 
 async def _keeper_run() -> None:
     while True:
-        await asyncio.sleep(settings.GROUP_REFRESH_SECONDS)
+        await asyncio.sleep(settings.PRESENCE_REFRESH_SECONDS)
         try:
             await presence_refresh()
         except asyncio.CancelledError:
@@ -100,33 +241,33 @@ async def _keeper_run() -> None:
 
 
 async def presence_refresh() -> None:
-    """Extend this process's entries; drop and announce everyone's stale ones."""
+    """Extend this process's entries, put back any Redis lost, drop everyone's
+    stale ones, and announce every room whose set changed."""
     now = time.time()
     expires = now + settings.PRESENCE_TTL_SECONDS
     client = kv_client()
-    for room_id, entries in list(_mine.items()):
-        if client is None:
+    if client is None:
+        for room_id, entries in list(_mine.items()):
             local = _local.setdefault(_key(room_id), {})
             local.update(dict.fromkeys(entries, expires))
+        for key, local in _local.items():
             stale = [e for e, exp in local.items() if exp <= now]
             for entry in stale:
                 del local[entry]
-            pruned = len(stale)
-        else:
-            async with client.pipeline(transaction=False) as pipe:
-                pipe.zadd(_key(room_id), dict.fromkeys(entries, expires))
-                pipe.expire(_key(room_id), settings.PRESENCE_TTL_SECONDS * 2)
-                pipe.zremrangebyscore(_key(room_id), "-inf", now)
-                _, _, pruned = await pipe.execute()
-        if pruned:
-            users = await presence_list(room_id)
-            group_publish(room_group(room_id), events.envelope(events.presence_frame(users), "presence"))
-
-
-async def presence_stop() -> None:
-    """Stop the keeper (tests switch event loops)."""
-    global _keeper
-    if _keeper is not None and _keeper.get_loop() is asyncio.get_running_loop():
-        _keeper.cancel()
-        await asyncio.wait([_keeper], timeout=5)
-    _keeper = None
+            if stale and key.startswith("chat:presence:"):
+                presence_changed(int(key.rsplit(":", 1)[1]))
+        return
+    rooms = list(_mine.items())
+    async with client.pipeline(transaction=False) as pipe:
+        for room_id, entries in rooms:
+            pipe.zadd(_key(room_id), dict.fromkeys(entries, expires))
+            pipe.expire(_key(room_id), settings.PRESENCE_TTL_SECONDS * 2)
+            pipe.zremrangebyscore(_key(room_id), "-inf", now)
+        for user_id, sockets in list(_mine_sockets.items()):
+            pipe.zadd(_user_key(user_id), dict.fromkeys(sockets, expires))
+            pipe.expire(_user_key(user_id), settings.PRESENCE_TTL_SECONDS * 2)
+        results = await asyncio.wait_for(pipe.execute(), settings.LAYER_OUTAGE_SECONDS)
+    for index, (room_id, _) in enumerate(rooms):
+        added, _, pruned = results[index * 3 : index * 3 + 3]
+        if added or pruned:
+            presence_changed(room_id)

@@ -12,15 +12,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+import uuid
 import weakref
-from collections.abc import Awaitable
 from typing import Any, Protocol
 
 from channels.layers import get_channel_layer
 from django.conf import settings
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from . import events
 from .kv import kv_client
+from .tasks import tasks
 
 logger = logging.getLogger(__name__)
 
@@ -67,19 +70,17 @@ class Publisher:
 
     def __init__(self) -> None:
         self._queue: asyncio.Queue[tuple[str, dict[str, Any], asyncio.Future[bool]]] | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        tasks.on_new_loop(self._reset)
+
+    def _reset(self) -> None:
+        self._queue = None
 
     def publish(self, group: str, message: dict[str, Any]) -> asyncio.Future[bool]:
-        loop = asyncio.get_running_loop()
+        loop = tasks.bind()
         done: asyncio.Future[bool] = loop.create_future()
-        if self._queue is None or self._loop is not loop:
-            # A new event loop (tests run one per test): start afresh on it.
-            self._loop = loop
+        if self._queue is None:
             self._queue = asyncio.Queue()
-            self._task = None
-        if self._task is None or self._task.done():
-            self._task = loop.create_task(self._run(), name="group-publisher")
+        tasks.ensure("group-publisher", self._run)
         if self._queue.qsize() >= self.MAX_BACKLOG:
             # Redis has been unreachable for a while; the events are in the
             # database and clients resume from it.
@@ -112,25 +113,42 @@ class Closable(Protocol):
     async def close_for_outage(self) -> None: ...
 
 
+BOOT_KEY = "chat:layer:boot"
+
+
 class LayerHealth:
     """Watches Redis from this process and closes local sockets when it fails.
 
     While Redis is down or stalled, pub/sub silently loses events; closing the
-    sockets makes every client reconnect (with backoff) and resume from the
-    database once Redis answers again.
+    sockets (4503) makes every client reconnect with backoff and resume from
+    the database once Redis answers again.
 
-    A refused connection is an outage at once. A slow answer is only a strike:
-    a busy event loop (a big fan-out, a burst of handshakes) reads replies late
-    too, and closing every socket for that would turn load into an outage.
+    - Every LAYER_HEALTH_INTERVAL it reads a boot marker, on a Redis client of
+      its own. A refused connection is an outage at once; no answer for
+      LAYER_OUTAGE_SECONDS (a stalled Redis) is one too. A slow answer within
+      that is not: a loop busy fanning out reads its replies late as well.
+    - The marker is a random value set once per Redis lifetime. If it vanishes
+      or changes, Redis restarted (or was flushed) between two looks: its pub/sub
+      subscriptions, presence and rate counters are gone, which is an outage
+      too, however short.
+    - Recovery is confirmed, not assumed: sockets are accepted again only once
+      a message this process published has come back through its own
+      subscription. channels-redis resubscribes about a second after Redis
+      returns, and events published before that are lost.
     """
 
-    STRIKES = 2
-
     def __init__(self) -> None:
+        self.group = f"proc.{uuid.uuid4().hex}"
+        self._reset()
+        tasks.on_new_loop(self._reset)
+
+    def _reset(self) -> None:
         self._sockets: weakref.WeakSet[Any] = weakref.WeakSet()
-        self._task: asyncio.Task[None] | None = None
         self._failed = False
-        self._strikes = 0
+        self._last_ok = time.monotonic()
+        self._boot: str | None = None
+        self._echo_token = ""
+        self._echo_seen: asyncio.Event | None = None  # made on the running loop
 
     def register(self, consumer: Closable) -> None:
         self._sockets.add(consumer)
@@ -140,56 +158,82 @@ class LayerHealth:
         self._sockets.discard(consumer)
 
     def report_failure(self, exc: BaseException | None = None) -> None:
-        """A layer operation failed: a timeout is a strike, anything else an outage."""
-        if isinstance(exc, (TimeoutError, RedisTimeoutError)):
-            self._strike(exc)
-        else:
+        """A layer operation failed. A timeout is left to the watch (it decides by
+        how long Redis has not answered); anything else is an outage now."""
+        if not isinstance(exc, (TimeoutError, RedisTimeoutError)):
             self._fail(exc)
-        # The watch is what clears the failure once Redis answers again.
         self._ensure_task()
 
     @property
     def healthy(self) -> bool:
         return not self._failed
 
-    def _strike(self, exc: BaseException) -> None:
-        self._strikes += 1
-        if self._strikes >= self.STRIKES:
-            self._fail(exc)
-
-    def _fail(self, exc: BaseException | None) -> None:
+    def _fail(self, exc: BaseException | None, why: str = "") -> None:
         if not self._failed:
             logger.warning(
-                "channel layer unreachable (%s): closing local sockets", type(exc).__name__ if exc else "error"
+                "channel layer unreachable (%s): closing local sockets",
+                why or (type(exc).__name__ if exc else "error"),
             )
             self._failed = True
-        asyncio.get_running_loop().create_task(self._close_all())
+        tasks.spawn(self._close_all(), name="layer-outage-close")
 
     def _ensure_task(self) -> None:
-        if not settings.REDIS_URL:
-            return
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._watch(), name="layer-health")
+        if settings.REDIS_URL:
+            tasks.ensure("layer-health", self._watch)
+
+    async def _boot_read(self) -> str:
+        client = kv_client("health")
+        assert client is not None
+        boot = await client.get(BOOT_KEY)
+        if boot is None:
+            await client.set(BOOT_KEY, uuid.uuid4().hex, nx=True)
+            boot = await client.get(BOOT_KEY)
+        return str(boot)
 
     async def _watch(self) -> None:
-        client = kv_client()
-        assert client is not None
+        self._last_ok = time.monotonic()
         while True:
             await asyncio.sleep(settings.LAYER_HEALTH_INTERVAL)
+            deadline = self._last_ok + settings.LAYER_OUTAGE_SECONDS
+            timeout = min(settings.LAYER_HEALTH_TIMEOUT, max(0.05, deadline - time.monotonic()))
             try:
-                await asyncio.wait_for(client.ping(), settings.LAYER_HEALTH_TIMEOUT)
-            except TimeoutError as exc:
-                self._strike(exc)
+                boot = await asyncio.wait_for(self._boot_read(), timeout)
+            except (TimeoutError, RedisTimeoutError) as exc:
+                if time.monotonic() >= deadline:
+                    self._fail(exc, f"no answer for {settings.LAYER_OUTAGE_SECONDS:.0f} s")
                 continue
             except Exception as exc:  # noqa: BLE001 - refused, reset: Redis is gone
                 self._fail(exc)
                 continue
-            self._strikes = 0
-            if self._failed:
+            self._last_ok = time.monotonic()
+            if self._boot is not None and boot != self._boot:
+                self._fail(None, "Redis restarted and lost its data")
+            self._boot = boot
+            if self._failed and await self._echo_confirm():
                 logger.warning("channel layer reachable again")
                 self._failed = False
                 # A restarted Redis lost the list-based layer's group members.
                 await hub.rejoin()
+
+    async def _echo_confirm(self) -> bool:
+        """Publish to this process's own group and wait for it to come back."""
+        try:
+            if not hub.joined(self.group, self):
+                await asyncio.wait_for(hub.join(self.group, self), settings.LAYER_HEALTH_TIMEOUT)
+            self._echo_token = uuid.uuid4().hex
+            self._echo_seen = asyncio.Event()
+            message = {"type": events.HEALTH_ECHO, "token": self._echo_token, "group": self.group}
+            await asyncio.wait_for(get_channel_layer().group_send(self.group, message), settings.LAYER_HEALTH_TIMEOUT)
+            await asyncio.wait_for(self._echo_seen.wait(), settings.LAYER_HEALTH_TIMEOUT)
+        except Exception as exc:  # noqa: BLE001 - not back yet: the next tick tries again
+            logger.info("channel layer not confirmed yet: %s", type(exc).__name__)
+            return False
+        return True
+
+    async def group_deliver(self, message: dict[str, Any]) -> None:
+        token = message.get("token")
+        if message.get("type") == events.HEALTH_ECHO and token == self._echo_token and self._echo_seen is not None:
+            self._echo_seen.set()
 
     async def _close_all(self) -> None:
         sockets = list(self._sockets)
@@ -222,21 +266,18 @@ class GroupHub:
     """
 
     def __init__(self) -> None:
+        self._reset()
+        tasks.on_new_loop(self._reset)
+
+    def _reset(self) -> None:
         self.members: dict[str, set[Receiver]] = {}
         self.channel: str | None = None
         self._joined: set[str] = set()
         self._lock = asyncio.Lock()
-        self._reader: asyncio.Task[None] | None = None
-        self._refresher: asyncio.Task[None] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def join(self, group: str, receiver: Receiver) -> None:
         """Add a local socket to a group; returns once the process is subscribed."""
-        loop = asyncio.get_running_loop()
-        if self._loop is not loop:
-            # A new event loop (tests run one per test): nothing carries over.
-            self.__init__()  # type: ignore[misc]
-            self._loop = loop
+        tasks.bind()
         self.members.setdefault(group, set()).add(receiver)
         if group in self._joined:
             return
@@ -273,10 +314,8 @@ class GroupHub:
             # The default prefix: the list-based layer reads every process-local
             # channel through one shared key per prefix.
             self.channel = await get_channel_layer().new_channel()
-        if self._reader is None or self._reader.done():
-            self._reader = asyncio.get_running_loop().create_task(self._read(), name="group-hub")
-        if self._refresher is None or self._refresher.done():
-            self._refresher = asyncio.get_running_loop().create_task(self._refresh(), name="group-hub-refresh")
+        tasks.ensure("group-hub", self._read)
+        tasks.ensure("group-hub-refresh", self._refresh)
         return self.channel
 
     async def _read(self) -> None:
@@ -320,35 +359,3 @@ class GroupHub:
 
 
 hub = GroupHub()
-
-
-def task_spawn(coro: Awaitable[None], name: str) -> asyncio.Task[None]:
-    """Run background work the process keeps a reference to (an unreferenced
-    task may be garbage-collected mid-flight) and whose failures get logged."""
-    task = asyncio.ensure_future(coro)
-    task.set_name(name)
-    _tasks.add(task)
-
-    def _done(t: asyncio.Task[None]) -> None:
-        _tasks.discard(t)
-        if not t.cancelled() and t.exception() is not None:
-            logger.error("background task %s failed", name, exc_info=t.exception())
-
-    task.add_done_callback(_done)
-    return task
-
-
-_tasks: set[asyncio.Task[None]] = set()
-
-
-async def realtime_stop() -> None:
-    """Stop this process's background tasks (tests switch event loops)."""
-    tasks = [publisher._task, hub._reader, hub._refresher, layer_health._task]
-    for task in tasks:
-        if task is not None and not task.done():
-            task.cancel()
-    pending = [t for t in tasks if t is not None and t.get_loop() is asyncio.get_running_loop()]
-    if pending:
-        _, stuck = await asyncio.wait(pending, timeout=5)
-        for task in stuck:
-            logger.warning("background task %s did not stop", task.get_name())

@@ -9,25 +9,23 @@ from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import Q, QuerySet
 
-from .models import Membership, Message, Room
+from .access import access_check_fresh, room_can_access
+from .models import Message, Room
+
+__all__ = ["room_can_access"]
 
 
 def room_get(slug: str) -> Room | None:
     return Room.objects.filter(slug=slug).first()
 
 
-def room_can_access(room: Room, user: AbstractBaseUser) -> bool:
-    if not user.is_authenticated:
-        return False
-    if not room.is_private:
-        return True
-    return Membership.objects.filter(room=room, user=user).exists()
-
-
-def room_get_for(slug: str, user: AbstractBaseUser) -> tuple[Room | None, bool]:
-    """The room and whether ``user`` may open it, in one thread hop from async code."""
+def room_get_visible(slug: str, user: AbstractBaseUser) -> Room | None:
+    """The room, if ``user`` may open it; a private room they may not see is
+    answered exactly like a room that does not exist (no probing for names)."""
     room = room_get(slug)
-    return room, room is not None and room_can_access(room, user)
+    if room is None or not room_can_access(room, user):
+        return None
+    return room
 
 
 def room_list_for_user(user: AbstractBaseUser) -> QuerySet[Room]:
@@ -72,6 +70,23 @@ def message_list_before(room: Room, before_id: int, limit: int) -> tuple[list[Me
     rows = rows[:limit]
     rows.reverse()
     return rows, has_more
+
+
+def history_page(room: Room, user: AbstractBaseUser, *, before: int | None, after: int | None, limit: int) -> Resume:
+    """A socket's ``history.fetch``: access re-checked, then the page
+    (``truncated`` meaning there is more in that direction)."""
+    fresh = access_check_fresh(room.pk, user)
+    if after is not None:
+        return message_list_after(fresh, after, limit)
+    assert before is not None
+    rows, has_more = message_list_before(fresh, before, limit)
+    return Resume(messages=rows, truncated=has_more)
+
+
+def reply_get(room: Room, user: AbstractBaseUser, reply_id: int) -> Message | None:
+    """A socket's ``assistant.fetch``: an assistant reply of the room, streaming or not."""
+    fresh = access_check_fresh(room.pk, user)
+    return Message.objects.filter(room=fresh, id=reply_id, role=Message.Role.ASSISTANT).first()
 
 
 def room_sync_state(room: Room) -> tuple[int, list[int]]:

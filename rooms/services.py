@@ -9,20 +9,22 @@ from __future__ import annotations
 
 import logging
 import re
+import unicodedata
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
-from channels.db import database_sync_to_async
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, models, transaction
 from django.db.models import F
 from django.utils import timezone
 
 from . import events
+from .access import AccessLost, access_check
+from .db import db_run
 from .models import Membership, Message, Room
-from .ratelimit import rate_hit
+from .ratelimit import RateLimiterUnavailable, rate_hit
 from .realtime import group_publish, room_group
 from .rendering import message_render
 
@@ -81,12 +83,23 @@ def message_mentions_assistant(room: Room, text: str) -> bool:
     return room.assistant_enabled and bool(mention_pattern(room.assistant_name).search(text))
 
 
+# Characters that draw nothing: a message of only these (zero-width spaces, joiners,
+# BOMs, bidi marks, Hangul fillers, the blank Braille pattern) is empty.
+_INVISIBLE = frozenset("\u115f\u1160\u3164\uffa0\u2800")
+
+
+def text_is_blank(text: str) -> bool:
+    return all(ch.isspace() or ch in _INVISIBLE or unicodedata.category(ch) == "Cf" for ch in text)
+
+
 def message_validate(text: object, client_id: object) -> tuple[str, str | None]:
     if not isinstance(text, str):
         raise ServiceError(events.BAD_REQUEST, "text must be a string")
     if client_id is not None and (not isinstance(client_id, str) or not 0 < len(client_id) <= 64):
         raise ServiceError(events.BAD_REQUEST, "client_id must be a string of 1 to 64 characters")
-    if not text.strip():
+    if client_id is not None and "\x00" in client_id:
+        raise ServiceError(events.BAD_REQUEST, "client_id must not contain NUL characters")
+    if text_is_blank(text):
         raise ServiceError(events.BAD_REQUEST, "text must not be empty")
     if len(text) > settings.CHAT_MAX_MESSAGE_CHARS:
         raise ServiceError(events.TOO_LONG, f"text is longer than {settings.CHAT_MAX_MESSAGE_CHARS} characters")
@@ -105,7 +118,10 @@ def message_validate(text: object, client_id: object) -> tuple[str, str | None]:
 def _room_lock(room_id: int) -> Room:
     """The room row, locked until the transaction commits: every seq is taken
     under it, so seqs have no holes and ids within a room commit in order."""
-    return Room.objects.select_for_update().get(pk=room_id)
+    room = Room.objects.select_for_update().filter(pk=room_id).first()
+    if room is None:
+        raise AccessLost("gone")
+    return room
 
 
 def _seq_take(room: Room) -> int:
@@ -132,7 +148,11 @@ def message_create(
     mentioned = message_mentions_assistant(room, text)
     try:
         with transaction.atomic():
-            seq = _seq_take(_room_lock(room.pk))
+            locked = _room_lock(room.pk)
+            access_check(locked, user)
+            if mentioned:
+                _queue_room_check(locked)
+            seq = _seq_take(locked)
             message = Message.objects.create(
                 room=room,
                 seq=seq,
@@ -156,6 +176,22 @@ def message_create(
     return message, True
 
 
+def _queue_room_check(room: Room) -> None:
+    """Refuse a mention when the room's assistant queue is full (bounded work
+    per room, whatever the number of accounts asking)."""
+    limit = settings.ASSISTANT_MAX_QUEUE_PER_ROOM
+    if limit and Message.objects.filter(room_id=room.pk, reply_state=Message.ReplyState.PENDING).count() >= limit:
+        raise ServiceError(
+            events.RATE_LIMITED,
+            f"@{room.assistant_name} already has {limit} requests waiting in this room; "
+            "ask again once it has answered some",
+        )
+
+
+def _message_by_client_id(room_id: int, user_id: int, client_id: str) -> Message | None:
+    return Message.objects.filter(room_id=room_id, author_id=user_id, client_id=client_id).first()
+
+
 async def message_send(
     *,
     room: Room,
@@ -164,48 +200,86 @@ async def message_send(
     client_id: object = None,
     on_saved: Callable[[Message], Awaitable[None]] | None = None,
 ) -> tuple[Message, bool]:
-    """Persist a user message, then tell the room; start the assistant if asked.
+    """Persist a user message, then tell the room.
 
     ``on_saved`` runs after the commit and before the broadcast: the sender's
     acknowledgement, which must not wait on (or race with) the channel layer.
+    A created message whose ``reply_state`` is pending asked the assistant: the
+    caller hands it on (``rooms.assistant.reply_request``).
     """
-    if isinstance(text, str) and message_mentions_assistant(room, text):
-        if isinstance(client_id, str) and client_id:
+    text, client_id = message_validate(text, client_id)
+    if message_mentions_assistant(room, text):
+        if client_id:
             # A resend after reconnect is answered with the original before the
             # assistant limit counts it again (message_create dedupes the rest).
-            existing = await Message.objects.filter(room=room, author=user, client_id=client_id).afirst()
+            existing = await db_run(_message_by_client_id, room.pk, user.pk, client_id)
             if existing is not None:
                 if on_saved is not None:
                     await on_saved(existing)
                 return existing, False
-        if not await rate_hit(f"assistant:{user.pk}", settings.ASSISTANT_RATE_LIMIT):
+        try:
+            allowed = await rate_hit(f"assistant:{user.pk}", settings.ASSISTANT_RATE_LIMIT, strict=True)
+        except RateLimiterUnavailable:
+            # Unmetered model requests cost money: refuse while the limiter is away.
+            raise ServiceError(
+                events.UNAVAILABLE, f"@{room.assistant_name} is unavailable for a moment; try again shortly"
+            ) from None
+        if not allowed:
             raise ServiceError(
                 events.RATE_LIMITED, f"@{room.assistant_name} is busy with your earlier requests; try again in a minute"
             )
-    message, created = await database_sync_to_async(message_create)(
-        room=room, user=user, text=text, client_id=client_id
-    )
+    message, created = await db_run(message_create, room=room, user=user, text=text, client_id=client_id)
     if on_saved is not None:
         await on_saved(message)
     if created:
         # Not awaited: the sender already has its ack and a stalled layer must
         # not hold up its next frame.
-        group_publish(room_group(room.pk), events.envelope(events.message_frame(message), "message", id=message.id))
-        if message.reply_state == Message.ReplyState.PENDING:
-            from .assistant import reply_request
-
-            reply_request(room, message)
+        group_publish(
+            room_group(room.pk), events.envelope(events.message_frame(message), events.MESSAGE, id=message.id)
+        )
     return message, created
 
 
 # --- Assistant replies ------------------------------------------------------
 
 
+def _site_lock() -> None:
+    """Serialise claims of a site-wide assistant slot (PostgreSQL; SQLite's
+    IMMEDIATE transactions are serial already). Always taken after the room
+    lock, so two claims never wait on each other in opposite orders."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [SITE_ASSISTANT_LOCK])
+
+
+SITE_ASSISTANT_LOCK = 0x63686174  # "chat"
+
+
+def _streaming_replies() -> models.QuerySet[Message]:
+    return Message.objects.filter(role=Message.Role.ASSISTANT, status=Message.Status.STREAMING)
+
+
+def _site_ahead(room_id: int, request_id: int) -> int:
+    """Rooms whose first waiting request is older than ``request_id`` and that
+    could start it now: they get the next free site-wide slots first."""
+    return (
+        Message.objects.filter(reply_state=Message.ReplyState.PENDING, pk__lt=request_id)
+        .exclude(room_id=room_id)
+        .exclude(room_id__in=_streaming_replies().values("room_id"))
+        .values("room_id")
+        .distinct()
+        .count()
+    )
+
+
 def reply_claim_turn(room_id: int, request_id: int) -> Message | None:
     """Start the reply to ``request_id`` if it is that request's turn.
 
-    Under the room lock: the oldest pending mention goes first, and only while
-    fewer than ASSISTANT_MAX_CONCURRENT_PER_ROOM replies stream. Returns the new
+    Under the room lock: the oldest pending mention of the room goes first,
+    only while fewer than ASSISTANT_MAX_CONCURRENT_PER_ROOM replies stream in
+    the room and fewer than ASSISTANT_MAX_CONCURRENT in the whole site (across
+    every process: many accounts cannot multiply the model bill), and rooms
+    that have waited longer get free site-wide slots first. Returns the new
     reply row (status streaming, the room's next seq) or None to wait.
     """
     with transaction.atomic():
@@ -214,11 +288,14 @@ def reply_claim_turn(room_id: int, request_id: int) -> Message | None:
         if request is None or request.reply_state != Message.ReplyState.PENDING:
             return None
         first = Message.objects.filter(room_id=room_id, reply_state=Message.ReplyState.PENDING).order_by("seq").first()
-        streaming = Message.objects.filter(
-            room_id=room_id, role=Message.Role.ASSISTANT, status=Message.Status.STREAMING
-        ).count()
+        streaming = _streaming_replies().filter(room_id=room_id).count()
         now = timezone.now()
-        if first is None or first.pk != request_id or streaming >= settings.ASSISTANT_MAX_CONCURRENT_PER_ROOM:
+        turn = first is not None and first.pk == request_id and streaming < settings.ASSISTANT_MAX_CONCURRENT_PER_ROOM
+        if turn and settings.ASSISTANT_MAX_CONCURRENT:
+            _site_lock()
+            free = settings.ASSISTANT_MAX_CONCURRENT - _streaming_replies().count()
+            turn = free > 0 and _site_ahead(room_id, request_id) < free
+        if not turn:
             Message.objects.filter(pk=request_id).update(heartbeat=now)
             return None
         reply = Message.objects.create(
@@ -238,11 +315,19 @@ def reply_claim_turn(room_id: int, request_id: int) -> Message | None:
 
 
 def reply_queue_position(room_id: int, request_id: int) -> int:
-    """1-based place of a pending request in its room's queue (0: not queued)."""
+    """1-based place of a pending request in line (0: not waiting any more):
+    the requests before it in its room, and for the room's first, the rooms
+    ahead of it for a site-wide slot."""
     request = Message.objects.filter(pk=request_id).only("seq", "reply_state").first()
     if request is None or request.reply_state != Message.ReplyState.PENDING:
         return 0
-    return Message.objects.filter(room_id=room_id, reply_state=Message.ReplyState.PENDING, seq__lte=request.seq).count()
+    in_room = Message.objects.filter(
+        room_id=room_id, reply_state=Message.ReplyState.PENDING, seq__lte=request.seq
+    ).count()
+    cap = settings.ASSISTANT_MAX_CONCURRENT
+    if in_room == 1 and cap and _streaming_replies().count() >= cap:
+        return 1 + _site_ahead(room_id, request_id)
+    return in_room
 
 
 def reply_set_context(reply_id: int, context_ids: list[int]) -> None:

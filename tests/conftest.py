@@ -39,13 +39,9 @@ def make_room(db) -> Callable[..., Room]:
 async def realtime_cleanup():
     """Stop the process-wide background tasks a test's event loop started."""
     yield
-    from rooms.assistant import background_stop
-    from rooms.presence import presence_stop
-    from rooms.realtime import realtime_stop
+    from rooms.tasks import tasks_stop
 
-    await background_stop()
-    await presence_stop()
-    await realtime_stop()
+    await tasks_stop()
 
 
 @pytest.fixture(autouse=True)

@@ -3,6 +3,7 @@ in-memory channel layer and a real (transactional) database."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
@@ -214,7 +215,8 @@ async def test_rate_limit(make_user, make_room, settings):
 
 @pytest.mark.parametrize(
     ("who", "code"),
-    [("anonymous", 4401), ("stranger", 4403), ("missing-room", 4404)],
+    # A private room a stranger may not see answers exactly like a missing one.
+    [("anonymous", 4401), ("stranger", 4404), ("missing-room", 4404)],
 )
 async def test_refusals_close_with_codes(make_user, make_room, who, code):
     from django.contrib.auth.models import AnonymousUser
@@ -303,10 +305,37 @@ async def test_typing_flood_is_not_amplified(make_user, make_room):
         await a1.send_json_to({"type": "typing", "active": True})
     await a1.send_json_to({"type": "typing", "active": False})
     seen = []
-    while not await b1.receive_nothing(timeout=0.5):
+    # The change to false waits out CHAT_TYPING_INTERVAL (1 s) after the true.
+    while not await b1.receive_nothing(timeout=1.5):
         frame = await b1.receive_json_from()
         if frame["type"] == "typing":
             seen.append(frame["active"])
     assert seen == [True, False]
+    for s in (a1, b1):
+        await s.disconnect()
+
+
+async def test_typing_toggles_are_limited_and_end_in_the_last_state(make_user, make_room, settings):
+    """Alternating true/false is a change every time: it is relayed at most once
+    per CHAT_TYPING_INTERVAL, and the last state always arrives."""
+    settings.CHAT_TYPING_INTERVAL = 0.2
+    alice, bob = await mk(make_user)("alice"), await mk(make_user)("bob")
+    room = await mk(make_room)("toggles")
+    a1, _ = await open_socket(alice, room.slug)
+    b1, _ = await open_socket(bob, room.slug)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    for i in range(400):
+        await a1.send_json_to({"type": "typing", "active": i % 2 == 0})
+    await a1.send_json_to({"type": "typing", "active": False})
+    sent_for = loop.time() - started
+    seen = []
+    while not await b1.receive_nothing(timeout=0.6):
+        frame = await b1.receive_json_from()
+        if frame["type"] == "typing":
+            seen.append(frame["active"])
+    # One at once, then at most one per interval for as long as the flood lasted.
+    assert 1 <= len(seen) <= 2 + sent_for / 0.2, (len(seen), sent_for)
+    assert seen[-1] is False
     for s in (a1, b1):
         await s.disconnect()

@@ -52,7 +52,7 @@ def test_room_page_and_private_rooms(client, make_user, make_room):
     room = make_room("hideout", is_private=True, members=[member])
     public = make_room("square")
     client.force_login(stranger)
-    assert client.get(f"/rooms/{room.slug}/").status_code == 403
+    assert client.get(f"/rooms/{room.slug}/").status_code == 404  # invisible = missing
     assert client.get("/rooms/nope/").status_code == 404
     page = client.get(f"/rooms/{public.slug}/")
     assert page.status_code == 200

@@ -11,10 +11,9 @@ os.environ.setdefault("DJANGO_SECURE_SSL_REDIRECT", "0")
 os.environ.setdefault("DJANGO_ALLOWED_HOSTS", "testserver,localhost,127.0.0.1")
 os.environ.setdefault("OPENAI_API_KEY", "")
 os.environ.setdefault("ASSISTANT_DEMO_DELAY_MS", "1")
-# Connections opened by database_sync_to_async threads must not outlive a test:
-# pytest-django drops the test database at the end. (Child server processes get
-# production's persistent connections from deploy/stack.py.)
-os.environ.setdefault("DATABASE_CONN_MAX_AGE", "0")
+# Presence frames go out as soon as a socket joins, so protocol tests see them
+# in a fixed order (the coalescing itself is timed by the system tests).
+os.environ.setdefault("PRESENCE_COALESCE_MS", "0")
 # The in-process suite uses the in-memory layer; system tests start their own Redis.
 os.environ.pop("REDIS_URL", None)
 # Whitenoise wants STATIC_ROOT to exist; the in-process suite never collects into it.

@@ -130,7 +130,7 @@ async def test_oversized_frames_close_the_socket(stack, sessions, room_slug, siz
 
 @pytest.mark.parametrize(
     ("user", "slug_kind", "code"),
-    [(None, "public", 4401), ("bob", "private", 4403), ("alice", "missing", 4404)],
+    [(None, "public", 4401), ("bob", "private", 4404), ("alice", "missing", 4404)],  # invisible = missing
 )
 async def test_refusals(stack, sessions, user, slug_kind, code):
     slug = {"public": "refuse-public", "private": "refuse-private", "missing": "no-such-room"}[slug_kind]

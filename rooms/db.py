@@ -1,0 +1,140 @@
+"""The database as a dependency that can fail.
+
+Sockets and background tasks reach the ORM only through ``db_run``. It runs a
+synchronous function on the process's database thread (channels'
+``database_sync_to_async``: one thread, connections handed back to the pool
+after each call) under a deadline, and turns every way the database can be
+away into one exception, ``DatabaseUnavailable``:
+
+- refused or reset connections, a pool with no free connection, a statement
+  the server cancelled (``statement_timeout``): Django's ``OperationalError`` /
+  ``InterfaceError``;
+- a database that stopped answering altogether (a frozen server, a network that
+  drops packets): the deadline. Nothing on the client side would ever time out
+  a read on a healthy-looking TCP connection, so on the deadline the call's
+  connection is shut down under it (its socket for PostgreSQL,
+  ``interrupt()`` for SQLite); the stuck thread then fails at once and the
+  calls queued behind it run (or fail) instead of waiting forever.
+
+Callers answer ``DatabaseUnavailable`` with an ``error`` frame (code
+``unavailable``) or a 4503 close; nothing is logged per socket beyond one line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+from typing import Any, ParamSpec, TypeVar
+
+from channels.db import database_sync_to_async
+from django.conf import settings
+from django.db import DEFAULT_DB_ALIAS, InterfaceError, OperationalError, connections
+
+logger = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class DatabaseUnavailable(Exception):
+    """The database could not be reached, or did not answer within the deadline."""
+
+
+class DatabaseHealth:
+    """When this process last saw the database fail, and whether it is failing now.
+
+    The reply sweeper reads it: a reply cannot check in while the database is
+    away, so its heartbeat is not evidence of a dead worker until the database
+    has been back for a while.
+    """
+
+    def __init__(self) -> None:
+        self.last_failure = 0.0  # time.monotonic() of the latest failure
+        self.failing = False
+
+    def failed(self, exc: BaseException | None) -> None:
+        self.last_failure = time.monotonic()
+        if not self.failing:
+            self.failing = True
+            logger.warning("database unavailable: %s", type(exc).__name__ if exc else "timeout")
+
+    def succeeded(self) -> None:
+        if self.failing:
+            self.failing = False
+            logger.warning("database reachable again")
+
+    def quiet_for(self) -> float:
+        """Seconds since the last failure (a large number if there never was one)."""
+        return time.monotonic() - self.last_failure if self.last_failure else float("inf")
+
+
+db_health = DatabaseHealth()
+
+
+class _Call:
+    """One db_run call as the database thread sees it, so the event loop can
+    abort the connection it is stuck on."""
+
+    __slots__ = ("abandoned", "connection")
+
+    def __init__(self) -> None:
+        self.abandoned = False
+        self.connection: Any = None
+
+    def abort(self) -> None:
+        raw = self.connection
+        if raw is None:
+            return
+        with contextlib.suppress(Exception):
+            pgconn = getattr(raw, "pgconn", None)
+            if pgconn is not None:
+                # PostgreSQL (psycopg 3): shutting the socket down wakes the
+                # blocked read with an error; the connection is then discarded.
+                duplicate = os.dup(pgconn.socket)
+                try:
+                    socket.socket(fileno=duplicate).shutdown(socket.SHUT_RDWR)
+                finally:
+                    with contextlib.suppress(OSError):
+                        os.close(duplicate)
+            elif hasattr(raw, "interrupt"):
+                raw.interrupt()  # sqlite3: abort the running statement
+
+
+def _runner(call: _Call, fn: Callable[..., R], args: tuple[Any, ...], kwargs: dict[str, Any]) -> R:
+    if call.abandoned:
+        raise DatabaseUnavailable("abandoned before it started")
+    wrapper = connections[DEFAULT_DB_ALIAS]
+    wrapper.ensure_connection()
+    call.connection = wrapper.connection
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        call.connection = None
+
+
+async def db_run(fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+    """``fn(*args, **kwargs)`` on the database thread, within DATABASE_CALL_TIMEOUT.
+
+    Raises ``DatabaseUnavailable`` when the database is away; every other
+    exception (``IntegrityError``, a ``ServiceError``, a bug) passes through.
+    """
+    call = _Call()
+    try:
+        result = await asyncio.wait_for(
+            database_sync_to_async(_runner)(call, fn, args, kwargs), settings.DATABASE_CALL_TIMEOUT
+        )
+    except TimeoutError:
+        call.abandoned = True
+        call.abort()
+        db_health.failed(None)
+        raise DatabaseUnavailable("the database did not answer in time") from None
+    except (OperationalError, InterfaceError) as exc:
+        db_health.failed(exc)
+        raise DatabaseUnavailable(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from exc
+    db_health.succeeded()
+    return result
