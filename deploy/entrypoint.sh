@@ -59,7 +59,8 @@ web)
     exec "$@" chatsite.asgi:application
     ;;
 migrate)
-    python manage.py migrate --noinput
+    # A migration may rewrite a large table: no per-statement limit for it.
+    DATABASE_STATEMENT_TIMEOUT_MS=0 python manage.py migrate --noinput
     python manage.py collectstatic --noinput --verbosity 0
     ;;
 check)

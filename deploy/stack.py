@@ -444,7 +444,6 @@ class Stack:
                 "DJANGO_CSRF_COOKIE_SECURE": "0",
                 "DJANGO_STATIC_ROOT": str(self.workdir / "static"),
                 "DATABASE_URL": self.database_url,
-                "DATABASE_CONN_MAX_AGE": "600",
                 "REDIS_URL": self.redis_url,
                 "BIND": "127.0.0.1",
             }
