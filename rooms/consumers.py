@@ -358,14 +358,16 @@ class RoomConsumer(AsyncWebsocketConsumer):
         except (ValueError, RecursionError):
             await self._send_error(events.BAD_JSON, "frame is not valid JSON")
             return
-        if ("\\u" in text_data or "\x00" in text_data) and not _strings_clean(payload):
-            await self._send_error(events.BAD_REQUEST, "frame contains NUL or invalid Unicode")
-            return
-        self.handling = True
         # An error that answers a message.send names its client_id, so a client
-        # can tell which of its pending sends failed.
+        # can tell which of its pending sends failed (echoed only if it is clean).
         client_id = payload.get("client_id") if isinstance(payload, dict) else None
         client_id = client_id if isinstance(client_id, str) and 0 < len(client_id) <= 64 else None
+        if ("\\u" in text_data or "\x00" in text_data) and not _strings_clean(payload):
+            if client_id is not None and not _strings_clean(client_id):
+                client_id = None
+            await self._send_error(events.BAD_REQUEST, "the frame contains NUL or invalid Unicode", client_id)
+            return
+        self.handling = True
         try:
             await self._dispatch(payload)
         except BadFrame as exc:

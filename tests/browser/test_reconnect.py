@@ -76,14 +76,16 @@ def test_server_restart_catch_up(browser: Browser, live_stack: Stack, shots: Pat
         expect(alice.locator("#pending > li .msg-time")).to_have_text("sending…")
         # Alice's network drops too, so she cannot be back before the others talk.
         alice_ctx.set_offline(True)
-        expect(alice.locator("#connection")).to_contain_text("offline")
+        # Offline the moment the browser says so, not when pings time out.
+        expect(alice.locator("#connection")).to_have_attribute("data-state", "offline", timeout=1000)
+        expect(alice.locator("#connection")).to_contain_text("Offline")
         alice.screenshot(path=str(shots / "reconnecting.png"))
 
         stack.start()
         missed = [f"said while alice was away {i}" for i in range(1, 4)]
         missed_ids = send_as(stack, bob_ctx, "resume", missed)
         expect_message_count(bob, 5, timeout=20_000)
-        expect(alice.locator("#connection")).to_have_attribute("data-state", "reconnecting")
+        expect(alice.locator("#connection")).to_have_attribute("data-state", "offline")
         # Back online: the page reconnects at once (the "online" event), not at the end of its backoff.
         alice_ctx.set_offline(False)
 

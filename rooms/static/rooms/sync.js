@@ -1,0 +1,659 @@
+// The room's state and its completeness: every message by id, in seq order,
+// nothing missing for long, nothing twice (docs/protocol.md, "Staying complete").
+//
+// - Every message carries its room `seq`. A frame that skips ahead is held
+//   for up to HOLD_MS: publishes of two server processes cross on the way, and
+//   the missing one usually arrives within milliseconds. Only a gap that
+//   persists is fetched (history.fetch).
+// - Every reconnect resumes with ?after=<newest id>; a `truncated` hello is
+//   paged forward with history.fetch {after} until it is complete.
+// - A reply's deltas are numbered: a missing one is repaired from the server's
+//   snapshot (assistant.fetch), not waited out.
+// - Presence frames carry a version; an older one than what is shown is stale.
+// - Unacknowledged sends are resent with the same client_id after a reconnect
+//   or an `unavailable` answer; the server deduplicates.
+
+import {
+  comesBefore,
+  els,
+  elementPlace,
+  emptyUpdate,
+  keepPlace,
+  logChange,
+  messageElement,
+  noticeClear,
+  noticeShow,
+  olderShow,
+  pendingElement,
+  pendingMark,
+  plural,
+  presenceRender,
+  streamTextShow,
+  typersRender,
+} from "./render.js";
+
+const HOLD_MS = 300;
+const HISTORY_PAGE = 50;
+const HISTORY_MAX = 100;
+const NOTE_MS = 10_000;
+const TYPING_EXPIRE_MS = 6_000;
+const RESEND_MS = 2_000;
+const SNAPSHOT_RETRY_MS = 1_000;
+const SNAPSHOT_TRIES = 5;
+
+const ERROR_TEXT = {
+  rate_limited: "Slow down a little",
+  too_long: "Message not sent",
+  bad_request: "Not understood",
+  bad_json: "Not understood",
+  not_found: "Not found",
+  unavailable: "Server busy",
+  internal: "Something went wrong",
+};
+// Answers to a message.send that mean "not saved, and sending it again as it is won't help".
+const SEND_REFUSALS = new Set(["rate_limited", "too_long", "bad_request", "internal"]);
+
+export class RoomState {
+  constructor({ me, assistant, socket }) {
+    this.me = me;
+    this.assistant = assistant;
+    this.socket = socket;
+    this.messages = new Map(); // id -> {msg, el}
+    this.streams = new Map(); // reply id -> {text, seq, known, waiting: Map(seq -> text), fetching, tries}
+    this.pending = new Map(); // client_id -> {text, el}
+    this.inflight = []; // client_ids sent on the current socket, awaiting their answer
+    this.historyKinds = []; // "older" | "gap" | "forward", one per history.fetch on the current socket
+    this.holesAsked = new Set(); // message ids a hole below was already fetched for (per socket)
+    this.held = null; // frames held while a seq gap may still close: {frames, timer}
+    this.lastSeq = 0;
+    this.lastId = 0;
+    this.reachedStart = false;
+    this.olderLoading = false;
+    this.paging = false; // paging forward through a truncated hello
+    this.presenceVersion = -1;
+    this.suspect = null;
+    this.typers = new Map(); // username -> expiry timer
+    this.queuedNotes = new Map(); // in_reply_to -> notice element
+    this.resendTimer = null;
+    this.fetchTimers = new Set();
+  }
+
+  // --- The socket's life ----------------------------------------------------------
+
+  socketOpened() {
+    this.inflight = [];
+    this.historyKinds = [];
+    this.holesAsked.clear();
+    this.paging = false;
+    this.heldRelease(false);
+    for (const stream of this.streams.values()) stream.fetching = false;
+  }
+
+  socketClosed() {
+    this.heldRelease(false);
+    this.typersClear();
+    this.olderLoadingSet(false);
+  }
+
+  stopForGood() {
+    this.typersClear();
+    for (const item of this.pending.values()) pendingMark(item.el, "not sent", true);
+  }
+
+  cursorUrl(base) {
+    return this.lastId > 0 ? `${base}?after=${this.lastId}` : base;
+  }
+
+  // --- Frames, in arrival order ---------------------------------------------------------
+
+  frame(frame) {
+    if (frame.type === "hello") {
+      this.hello(frame);
+      return;
+    }
+    if (this.held) {
+      this.held.frames.push(frame);
+      if (this.fillsGap(frame)) this.heldDrain();
+      return;
+    }
+    if (this.skipsAhead(frame)) {
+      this.held = { frames: [frame], timer: window.setTimeout(() => this.heldRelease(true), HOLD_MS) };
+      return;
+    }
+    this.apply(frame);
+  }
+
+  seqOf(frame) {
+    const message = frame.type === "message" || frame.type === "assistant.start" ? frame.message : null;
+    return message && Number.isInteger(message.seq) && !this.messages.has(message.id) ? message.seq : null;
+  }
+
+  skipsAhead(frame) {
+    const seq = this.seqOf(frame);
+    return seq !== null && this.lastSeq > 0 && seq > this.lastSeq + 1;
+  }
+
+  fillsGap(frame) {
+    const seq = this.seqOf(frame);
+    return seq !== null && seq <= this.lastSeq + 1;
+  }
+
+  // The missing frame came: apply it, then everything held behind it in
+  // arrival order (a frame that still skips ahead waits again).
+  heldDrain() {
+    const held = this.held;
+    this.held = null;
+    window.clearTimeout(held.timer);
+    const fillers = held.frames.filter((f) => this.fillsGap(f));
+    for (const f of fillers) this.apply(f);
+    for (const f of held.frames) {
+      if (!fillers.includes(f)) this.frame(f);
+    }
+  }
+
+  // The gap did not close in time (or the socket changed): apply what was held
+  // and fetch what is still missing.
+  heldRelease(fetch) {
+    const held = this.held;
+    if (!held) return;
+    this.held = null;
+    window.clearTimeout(held.timer);
+    for (const f of held.frames) this.apply(f);
+    if (fetch) this.holesFill();
+  }
+
+  apply(frame) {
+    switch (frame.type) {
+      case "message":
+        if (frame.message) logChange(() => this.messageUpsert(frame.message), this.isOwnSend(frame.message));
+        break;
+      case "history":
+        this.history(frame);
+        break;
+      case "presence":
+        this.presence(frame);
+        break;
+      case "typing":
+        this.typing(frame);
+        break;
+      case "error":
+        this.error(frame);
+        break;
+      case "assistant.start":
+        if (frame.message) {
+          this.queuedNoteClear(frame.in_reply_to);
+          logChange(() => {
+            if (!this.streams.has(frame.reply_id)) this.streams.set(frame.reply_id, this.streamNew("", 0, true));
+            this.messageUpsert(frame.message);
+          });
+        }
+        break;
+      case "assistant.delta":
+        this.delta(frame);
+        break;
+      case "assistant.snapshot":
+        this.snapshot(frame);
+        break;
+      case "assistant.end":
+        if (frame.message) {
+          this.queuedNoteClear(frame.message.in_reply_to);
+          logChange(() => {
+            this.streams.delete(frame.reply_id);
+            this.messageUpsert(frame.message);
+          });
+        }
+        break;
+      case "assistant.queued":
+        this.queued(frame);
+        break;
+      case "pong":
+        this.pong(frame);
+        break;
+      default:
+        break; // anything newer than this page
+    }
+  }
+
+  hello(frame) {
+    const reconnected = this.lastId > 0 || this.messages.size > 0;
+    if (frame.user && frame.user.username) this.me = frame.user.username;
+    if (frame.room && "assistant" in frame.room) this.assistant = frame.room.assistant;
+    // A new socket: its presence versions start afresh.
+    this.presenceVersion = -1;
+    this.presence({ users: frame.presence || [], version: frame.presence_version });
+    logChange(() => {
+      for (const message of frame.messages || []) this.messageUpsert(message);
+      for (const stream of frame.streaming || []) this.streamResume(stream);
+    }, !reconnected);
+    if (frame.truncated) {
+      // More is missing than one hello carries: page forward from the newest id.
+      this.paging = true;
+      this.forwardFetch();
+    } else {
+      this.holesFill();
+    }
+    this.olderUpdate();
+    this.pendingResendAll();
+  }
+
+  // --- Completeness -------------------------------------------------------------------------
+
+  // Any hole between known seqs is fetched once per socket; a hole above 100 rows
+  // is filled page by page, since each answer leaves a smaller hole below it.
+  holesFill() {
+    if (this.paging) return;
+    const rows = [];
+    for (const { msg } of this.messages.values()) {
+      if (Number.isInteger(msg.seq)) rows.push(msg);
+    }
+    rows.sort((a, b) => a.seq - b.seq);
+    for (let i = 1; i < rows.length; i += 1) {
+      const gap = rows[i].seq - rows[i - 1].seq - 1;
+      if (gap > 0 && !this.holesAsked.has(rows[i].id)) {
+        this.holesAsked.add(rows[i].id);
+        this.historyFetch({ before: rows[i].id, limit: Math.min(gap, HISTORY_MAX) }, "gap");
+      }
+    }
+  }
+
+  forwardFetch() {
+    if (!this.historyFetch({ after: this.lastId, limit: HISTORY_MAX }, "forward")) this.paging = false;
+  }
+
+  historyFetch(fields, kind) {
+    if (this.socket.send({ type: "history.fetch", ...fields })) {
+      this.historyKinds.push(kind);
+      return true;
+    }
+    return false;
+  }
+
+  history(frame) {
+    const kind = this.historyKinds.shift() || "gap";
+    const messages = frame.messages || [];
+    if (kind === "older") {
+      keepPlace(() => {
+        for (const message of messages) this.messageUpsert(message);
+      });
+      if (!frame.has_more) this.reachedStart = true;
+      this.olderLoadingSet(false);
+    } else {
+      logChange(() => {
+        for (const message of messages) this.messageUpsert(message);
+      });
+      if (kind === "forward") {
+        if (frame.has_more && messages.length) {
+          this.forwardFetch();
+          return;
+        }
+        this.paging = false;
+      }
+      this.holesFill();
+    }
+    this.olderUpdate();
+  }
+
+  // The transport may drop the last event of a quiet room, which no later seq
+  // would reveal. Each pong carries the room's last seq and the replies still
+  // streaming; a difference that survives a second look means a lost event, and
+  // a resume (?after) brings it back.
+  pong(frame) {
+    const behind = Number.isInteger(frame.last_seq) && frame.last_seq > this.lastSeq;
+    const live = new Set(Array.isArray(frame.streaming) ? frame.streaming : []);
+    const stale = [...this.streams.keys()].some((id) => !live.has(id));
+    if (!behind && !stale) {
+      this.suspect = null;
+      return;
+    }
+    const key = `${frame.last_seq}:${[...live].join(",")}`;
+    if (this.suspect === key) {
+      this.suspect = null;
+      this.socket.resume();
+      return;
+    }
+    // Events may still be on their way: look again shortly before resyncing.
+    this.suspect = key;
+    window.setTimeout(() => this.socket.ping(), 2000);
+  }
+
+  // --- Messages ------------------------------------------------------------------------------
+
+  isOwnSend(message) {
+    return Boolean(message.client_id && this.pending.has(message.client_id));
+  }
+
+  messageUpsert(message) {
+    if (!message || !Number.isInteger(message.id)) return;
+    if (message.client_id && this.pending.has(message.client_id)) this.pendingResolve(message.client_id);
+    const existing = this.messages.get(message.id);
+    // A streaming copy (from history or a start frame) never replaces a final one.
+    if (existing && existing.msg.status !== "streaming" && message.status === "streaming") return;
+    if (message.status === "streaming") {
+      if (!this.streams.has(message.id)) {
+        // Seen without its start (e.g. through history): show what is saved; the end replaces it.
+        this.streams.set(message.id, this.streamNew(String(message.text || ""), 0, false));
+      }
+    } else {
+      this.streams.delete(message.id);
+    }
+    const merged = existing ? { ...existing.msg, ...message } : message;
+    if (!Number.isInteger(merged.seq) && existing) merged.seq = existing.msg.seq;
+    const node = messageElement(merged, this);
+    const lookup = (id) => (this.messages.get(id) || {}).msg;
+    if (existing) {
+      const moved = existing.msg.seq !== merged.seq;
+      existing.msg = merged;
+      existing.el.replaceWith(node);
+      existing.el = node;
+      if (moved) {
+        node.remove();
+        elementPlace(node, merged, lookup);
+      }
+    } else {
+      this.messages.set(merged.id, { msg: merged, el: node });
+      elementPlace(node, merged, lookup);
+    }
+    if (Number.isInteger(merged.seq)) this.lastSeq = Math.max(this.lastSeq, merged.seq);
+    this.lastId = Math.max(this.lastId, merged.id);
+    if (merged.role !== "assistant") this.typerClear(merged.author);
+    emptyUpdate(true);
+  }
+
+  oldestMessage() {
+    let oldest = null;
+    for (const { msg } of this.messages.values()) {
+      if (oldest === null || comesBefore(msg, oldest)) oldest = msg;
+    }
+    return oldest;
+  }
+
+  olderUpdate() {
+    const oldest = this.oldestMessage();
+    const visible = !this.reachedStart && oldest && Number.isInteger(oldest.seq) && oldest.seq > 1;
+    olderShow(Boolean(visible), this.olderLoading);
+    emptyUpdate(this.messages.size > 0 || this.pending.size > 0);
+  }
+
+  olderLoadingSet(loading) {
+    this.olderLoading = loading;
+    this.olderUpdate();
+  }
+
+  olderLoad() {
+    const oldest = this.oldestMessage();
+    if (!oldest || this.olderLoading) return;
+    if (this.historyFetch({ before: oldest.id, limit: HISTORY_PAGE }, "older")) this.olderLoadingSet(true);
+  }
+
+  // --- Replies being written -------------------------------------------------------------------
+
+  streamNew(text, seq, known) {
+    return { text, seq, known, waiting: new Map(), fetching: false, tries: 0 };
+  }
+
+  streamText(replyId) {
+    const stream = this.streams.get(replyId);
+    return stream ? stream.text : null;
+  }
+
+  streamResume(entry) {
+    const id = entry.reply_id;
+    if (!Number.isInteger(id)) return;
+    const local = this.streams.get(id);
+    const seq = Number.isInteger(entry.seq) ? entry.seq : 0;
+    // Keep what this tab already has if it is further along than the snapshot.
+    if (!local || !local.known || local.seq < seq) {
+      const stream = this.streamNew(String(entry.text || ""), seq, true);
+      if (local) stream.waiting = local.waiting;
+      this.streams.set(id, stream);
+    }
+    const existing = this.messages.get(id);
+    const base = existing
+      ? existing.msg
+      : {
+          id,
+          seq: Number.isInteger(entry.message_seq) ? entry.message_seq : null,
+          author: entry.author,
+          role: "assistant",
+          created: null,
+          in_reply_to: entry.in_reply_to,
+        };
+    this.messageUpsert({ ...base, status: "streaming" });
+    this.streamAdvance(id);
+  }
+
+  delta(frame) {
+    if (!Number.isInteger(frame.reply_id) || !Number.isInteger(frame.seq)) return;
+    let stream = this.streams.get(frame.reply_id);
+    if (!stream) {
+      const row = this.messages.get(frame.reply_id);
+      if (row && row.msg.status !== "streaming") return; // already final here
+      // Its start never came (or came only as a saved copy): the snapshot brings it.
+      stream = this.streamNew("", 0, false);
+      this.streams.set(frame.reply_id, stream);
+    }
+    if (frame.seq <= stream.seq) return;
+    stream.waiting.set(frame.seq, String(frame.text || ""));
+    if (!stream.known || frame.seq > stream.seq + 1) {
+      // A delta is missing (or the text it continues is unknown): ask for the
+      // reply as the server has it, and keep what comes meanwhile.
+      this.snapshotFetch(frame.reply_id);
+      return;
+    }
+    this.streamAdvance(frame.reply_id);
+  }
+
+  streamAdvance(replyId) {
+    const stream = this.streams.get(replyId);
+    if (!stream || !stream.known) return;
+    let changed = false;
+    for (const seq of [...stream.waiting.keys()].sort((a, b) => a - b)) {
+      if (seq <= stream.seq) {
+        stream.waiting.delete(seq);
+      } else if (seq === stream.seq + 1) {
+        stream.text += stream.waiting.get(seq);
+        stream.seq = seq;
+        stream.waiting.delete(seq);
+        changed = true;
+      } else {
+        break;
+      }
+    }
+    if (changed) logChange(() => streamTextShow(replyId, stream.text));
+    if (stream.waiting.size) this.snapshotFetch(replyId);
+  }
+
+  snapshotFetch(replyId) {
+    const stream = this.streams.get(replyId);
+    if (!stream || stream.fetching) return;
+    if (this.socket.send({ type: "assistant.fetch", reply_id: replyId })) stream.fetching = true;
+  }
+
+  snapshot(frame) {
+    const id = frame.reply_id;
+    if (frame.message) {
+      // It ended meanwhile: the final message is the whole of it.
+      logChange(() => {
+        this.streams.delete(id);
+        this.messageUpsert(frame.message);
+      });
+      return;
+    }
+    const stream = this.streams.get(id);
+    const entry = frame.streaming;
+    if (!stream || !entry) return;
+    stream.fetching = false;
+    if (Number.isInteger(entry.seq) && (!stream.known || entry.seq >= stream.seq)) {
+      stream.text = String(entry.text || "");
+      stream.seq = entry.seq;
+      stream.known = true;
+      stream.tries = 0;
+      if (this.messages.has(id)) {
+        logChange(() => streamTextShow(id, stream.text));
+      } else {
+        this.streamResume(entry);
+      }
+    }
+    const next = stream.waiting.size ? Math.min(...stream.waiting.keys()) : null;
+    this.streamAdvance(id);
+    if (next !== null && next > stream.seq + 1 && stream.tries < SNAPSHOT_TRIES) {
+      // The server's saved text is behind what was broadcast (its database was
+      // away for a moment): ask again shortly.
+      stream.tries += 1;
+      const timer = window.setTimeout(() => {
+        this.fetchTimers.delete(timer);
+        this.snapshotFetch(id);
+      }, SNAPSHOT_RETRY_MS);
+      this.fetchTimers.add(timer);
+    }
+  }
+
+  queued(frame) {
+    const ahead = Number(frame.position) || 1;
+    const who = this.assistant ? `@${this.assistant}` : "The assistant";
+    this.queuedNoteClear(frame.in_reply_to);
+    const note = noticeShow(
+      `queued-${frame.in_reply_to}`,
+      `${who} will answer after ${plural(ahead, "earlier request")}.`,
+      "info",
+    );
+    this.queuedNotes.set(frame.in_reply_to, note);
+    window.setTimeout(() => this.queuedNoteClear(frame.in_reply_to), NOTE_MS);
+  }
+
+  queuedNoteClear(inReplyTo) {
+    const note = this.queuedNotes.get(inReplyTo);
+    if (note) note.remove();
+    this.queuedNotes.delete(inReplyTo);
+  }
+
+  // --- Presence and typing -----------------------------------------------------------------------
+
+  presence(frame) {
+    const version = Number.isInteger(frame.version) ? frame.version : null;
+    if (version !== null) {
+      if (version <= this.presenceVersion) return; // an older list overtook by a newer one
+      this.presenceVersion = version;
+    }
+    presenceRender(frame.users || [], this.me);
+  }
+
+  typing(frame) {
+    const name = String(frame.username || "");
+    if (!name || name === this.me) return;
+    if (frame.active) {
+      this.typerClear(name, false);
+      this.typers.set(
+        name,
+        window.setTimeout(() => this.typerClear(name), TYPING_EXPIRE_MS),
+      );
+      typersRender(this.typers.keys());
+    } else {
+      this.typerClear(name);
+    }
+  }
+
+  typerClear(name, render = true) {
+    const timer = this.typers.get(name);
+    if (timer === undefined) return;
+    window.clearTimeout(timer);
+    this.typers.delete(name);
+    if (render) typersRender(this.typers.keys());
+  }
+
+  typersClear() {
+    for (const timer of this.typers.values()) window.clearTimeout(timer);
+    this.typers.clear();
+    typersRender([]);
+  }
+
+  // --- Sending ---------------------------------------------------------------------------------
+
+  pendingAdd(clientId, text) {
+    const li = pendingElement(clientId, this.me, text);
+    this.pending.set(clientId, { text, el: li });
+    emptyUpdate(true);
+  }
+
+  pendingSend(clientId) {
+    const item = this.pending.get(clientId);
+    if (!item) return;
+    if (this.socket.send({ type: "message.send", text: item.text, client_id: clientId })) {
+      this.inflight.push(clientId);
+      pendingMark(item.el, "sending…", false);
+    }
+  }
+
+  // After a reconnect: the server deduplicates by client_id, so resending is safe.
+  pendingResendAll() {
+    for (const clientId of this.pending.keys()) {
+      if (!this.inflight.includes(clientId)) this.pendingSend(clientId);
+    }
+  }
+
+  pendingResolve(clientId) {
+    const item = this.pending.get(clientId);
+    if (item) item.el.remove();
+    this.pending.delete(clientId);
+    this.inflight = this.inflight.filter((id) => id !== clientId);
+  }
+
+  // Refused: nothing typed is lost, the text goes back into the composer.
+  pendingFail(clientId) {
+    const item = this.pending.get(clientId);
+    if (!item) return;
+    this.pendingResolve(clientId);
+    const current = els.text.value;
+    els.text.value = current ? `${item.text}\n${current}` : item.text;
+    els.text.focus();
+  }
+
+  error(frame) {
+    const code = String(frame.code || "error");
+    // Every message.send gets exactly one answer; an error answering one names
+    // its client_id (this page always sends one).
+    const clientId = typeof frame.client_id === "string" && this.pending.has(frame.client_id) ? frame.client_id : null;
+    if (clientId && code === "unavailable") {
+      // Not saved, through no fault of the message: keep it and send it again soon.
+      this.inflight = this.inflight.filter((x) => x !== clientId);
+      pendingMark(this.pending.get(clientId).el, "retrying…", false);
+      this.resendSoon();
+    } else if (clientId && SEND_REFUSALS.has(code)) {
+      this.pendingFail(clientId);
+    }
+    const title = ERROR_TEXT[code] || "Error";
+    noticeShow(`error-${code}`, frame.detail ? `${title}: ${frame.detail}` : title, "error");
+  }
+
+  resendSoon() {
+    if (this.resendTimer !== null) return;
+    this.resendTimer = window.setTimeout(() => {
+      this.resendTimer = null;
+      this.pendingResendAll();
+    }, RESEND_MS);
+  }
+
+  notice(key, text) {
+    noticeShow(key, text, "error");
+  }
+
+  submit(text) {
+    const clientId = newClientId();
+    noticeClear("error-rate_limited");
+    noticeClear("error-too_long");
+    logChange(() => this.pendingAdd(clientId, text), true);
+    this.pendingSend(clientId);
+  }
+}
+
+export function newClientId() {
+  if (window.crypto && typeof window.crypto.randomUUID === "function") {
+    return window.crypto.randomUUID();
+  }
+  // randomUUID needs a secure context; plain-http hosts still have getRandomValues.
+  const bytes = window.crypto.getRandomValues(new Uint8Array(16));
+  bytes[6] = (bytes[6] & 0x0f) | 0x40;
+  bytes[8] = (bytes[8] & 0x3f) | 0x80;
+  const hex = Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
+}
