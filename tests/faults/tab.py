@@ -1,15 +1,21 @@
 """A browser tab, minus the browser: the reconnect, resume and repair logic of
-``rooms/static/rooms/room.js`` over a real ``websockets`` connection.
+``rooms/static/rooms/protocol.js`` and ``sync.js`` over a real ``websockets``
+connection.
 
 What it does, like the page:
 - on any close that is not terminal (4401/4403/4404) it retries with the same
   backoff (base 0.5 s, doubling, capped at 10 s, jitter on the upper half) and
   reconnects with ``?after=<newest id seen>``;
+- frames split into ``chunk`` frames are joined back;
 - after every hello it re-sends the messages it has not seen acknowledged (the
-  server deduplicates by ``client_id``);
-- a ``seq`` jump, or a hole between known seqs, is filled with ``history.fetch``
+  server deduplicates by ``client_id``); a send answered ``unavailable`` stays
+  pending and is sent again 2 s later;
+- a frame whose ``seq`` skips ahead is held for up to 300 ms (publishes of two
+  processes cross); only a gap that persists is filled with ``history.fetch``
   (once per hole per socket, at most 100 rows at a time);
-- a ``truncated`` hello makes it resume again at once.
+- a ``truncated`` hello is paged forward with ``history.fetch`` ``after``;
+- a missing ``assistant.delta`` is repaired with ``assistant.fetch``;
+- a ``presence`` frame older (by ``version``) than the one shown is ignored.
 
 On top of that it records what a test needs to judge the run: every frame with
 the socket it came on, every close, every hello, and when each send was answered.
@@ -34,6 +40,8 @@ from websockets.asyncio.client import ClientConnection
 BACKOFF_BASE = 0.5
 BACKOFF_MAX = 10.0
 HISTORY_MAX = 100
+HOLD_SECONDS = 0.3
+RESEND_SECONDS = 2.0
 TERMINAL_CLOSES = {4401, 4403, 4404}
 _names = itertools.count(1)
 
@@ -70,7 +78,13 @@ class Tab:
         self.rcvbuf = rcvbuf
 
         self.view: dict[int, dict[str, Any]] = {}  # message id -> latest payload
-        self.streams: dict[int, dict[str, Any]] = {}  # reply id -> {"text", "seq"}
+        # reply id -> {"text", "seq", "known", "waiting": {seq: text}, "fetching"}
+        self.streams: dict[int, dict[str, Any]] = {}
+        self.presence: list[str] = []
+        self.presence_version = -1
+        self.sent: list[tuple[int, float, dict[str, Any]]] = []  # (socket number, time, frame) we sent
+        # Every state a streaming reply's text went through: (reply id, seq, text).
+        self.stream_states: list[tuple[int, int, str]] = []
         self.last_id = 0
         self.last_seq = 0
         self.sends: dict[str, Send] = {}
@@ -92,6 +106,12 @@ class Tab:
         self._attempt = 0
         self._resume_now = False
         self._holes_asked: set[int] = set()
+        self._history_kinds: list[str] = []
+        self._held: list[dict[str, Any]] | None = None
+        self._held_timer: asyncio.TimerHandle | None = None
+        self._paging = False
+        self._chunks: dict[str, dict[str, Any]] = {}
+        self._resend: asyncio.TimerHandle | None = None
         self._reading = asyncio.Event()
         self._reading.set()
         self._changed = asyncio.Event()
@@ -140,7 +160,13 @@ class Tab:
             self.socket_no += 1
             self.inflight = []
             self._holes_asked = set()
+            self._history_kinds = []
+            self._paging = False
+            self._chunks = {}
+            for stream in self.streams.values():
+                stream["fetching"] = False
             await self._read(self._ws, after)
+            await self._held_release(fetch=False)
             code = self._ws.close_code
             self._ws = None
             self.live = False
@@ -175,11 +201,23 @@ class Tab:
                 await self._reading.wait()
                 raw = await ws.recv()
                 frame = json.loads(raw)
+                if frame.get("type") == "chunk":
+                    frame = self._chunk_add(frame)
+                    if frame is None:
+                        continue
                 self.frames.append((self.socket_no, time.monotonic(), frame))
-                await self._handle(ws, frame, after)
+                await self._arrive(ws, frame, after)
                 self._changed.set()
         except websockets.ConnectionClosed:
             pass
+
+    def _chunk_add(self, frame: dict[str, Any]) -> dict[str, Any] | None:
+        entry = self._chunks.setdefault(str(frame["id"]), {"count": frame["count"], "parts": {}})
+        entry["parts"][frame["index"]] = frame["data"]
+        if len(entry["parts"]) < entry["count"]:
+            return None
+        del self._chunks[str(frame["id"])]
+        return json.loads("".join(entry["parts"][i] for i in range(entry["count"])))
 
     # --- sending -----------------------------------------------------------------
 
@@ -200,7 +238,11 @@ class Tab:
             await ws.send(json.dumps(payload))
         except websockets.ConnectionClosed:
             return False
+        self.sent.append((self.socket_no, time.monotonic(), payload))
         return True
+
+    def sent_of(self, kind: str) -> list[dict[str, Any]]:
+        return [frame for _, _, frame in self.sent if frame.get("type") == kind]
 
     async def _send_pending(self, client_id: str) -> None:
         item = self.sends[client_id]
@@ -210,51 +252,205 @@ class Tab:
 
     # --- frames ------------------------------------------------------------------
 
+    def _seq_of(self, frame: dict[str, Any]) -> int | None:
+        if frame.get("type") not in ("message", "assistant.start"):
+            return None
+        message = frame["message"]
+        return message["seq"] if message["id"] not in self.view else None
+
+    def _skips_ahead(self, frame: dict[str, Any]) -> bool:
+        seq = self._seq_of(frame)
+        return seq is not None and self.last_seq > 0 and seq > self.last_seq + 1
+
+    def _fills_gap(self, frame: dict[str, Any]) -> bool:
+        seq = self._seq_of(frame)
+        return seq is not None and seq <= self.last_seq + 1
+
+    async def _arrive(self, ws: ClientConnection, frame: dict[str, Any], after: int | None) -> None:
+        """Like sync.js's frame(): hold what skips ahead, briefly."""
+        if frame.get("type") == "hello":
+            await self._handle(ws, frame, after)
+            return
+        if self._held is not None:
+            self._held.append(frame)
+            if self._fills_gap(frame):
+                await self._held_drain(ws, after)
+            return
+        if self._skips_ahead(frame):
+            self._held = [frame]
+            loop = asyncio.get_running_loop()
+            self._held_timer = loop.call_later(
+                HOLD_SECONDS, lambda: asyncio.ensure_future(self._held_release(fetch=True))
+            )
+            return
+        await self._handle(ws, frame, after)
+
+    async def _held_drain(self, ws: ClientConnection, after: int | None) -> None:
+        held, self._held = self._held or [], None
+        if self._held_timer is not None:
+            self._held_timer.cancel()
+        fillers = [f for f in held if self._fills_gap(f)]
+        for frame in fillers:
+            await self._handle(ws, frame, after)
+        for frame in held:
+            if not any(frame is f for f in fillers):
+                await self._arrive(ws, frame, after)
+
+    async def _held_release(self, fetch: bool) -> None:
+        held, self._held = self._held, None
+        if held is None:
+            return
+        if self._held_timer is not None:
+            self._held_timer.cancel()
+        for frame in held:
+            await self._handle(self._ws, frame, None)  # type: ignore[arg-type]
+        if fetch:
+            await self._holes_fill()
+        self._changed.set()
+
     async def _handle(self, ws: ClientConnection, frame: dict[str, Any], after: int | None) -> None:
         kind = frame.get("type")
         if kind == "hello":
             self.live = True
             self._attempt = 0
             self.hellos.append((time.monotonic(), after))
+            self.presence_version = -1
+            self._presence(frame["presence"], frame.get("presence_version"))
             for message in frame["messages"]:
                 self._upsert(message)
             for stream in frame["streaming"]:
                 self._stream_resume(stream)
             if frame.get("truncated"):
-                self._resume_now = True
-                await ws.close()
-                return
-            await self._holes_fill()
+                self._paging = True
+                await self._forward_fetch()
+            else:
+                await self._holes_fill()
             for client_id in list(self.pending):
                 await self._send_pending(client_id)
         elif kind == "message":
             message = frame["message"]
-            jump = message["seq"] > self.last_seq + 1
             self._upsert(message)
             if message.get("client_id") in self.sends and message["client_id"] in self.inflight:
                 self._acknowledge(message["client_id"], frame)
-            if jump:
-                await self._holes_fill()
         elif kind == "error":
             self.errors.append(frame)
-            # Answers come in the order the frames were sent: this one is the oldest in flight.
-            if self.inflight:
-                self._acknowledge(self.inflight[0], frame)
+            client_id = frame.get("client_id")
+            if client_id in self.inflight:
+                if frame["code"] == "unavailable":
+                    # Not saved through no fault of the message: sent again soon.
+                    self.inflight.remove(client_id)
+                    self._resend_soon()
+                else:
+                    self._acknowledge(client_id, frame)
         elif kind == "history":
+            history_kind = self._history_kinds.pop(0) if self._history_kinds else "gap"
             for message in frame["messages"]:
                 self._upsert(message)
+            if history_kind == "forward":
+                if frame["has_more"] and frame["messages"]:
+                    await self._forward_fetch()
+                    return
+                self._paging = False
             await self._holes_fill()
+        elif kind == "presence":
+            self._presence(frame["users"], frame.get("version"))
         elif kind == "assistant.start":
-            self.streams.setdefault(frame["reply_id"], {"text": "", "seq": 0})
+            self.streams.setdefault(frame["reply_id"], self._stream_new("", 0, True))
             self._upsert(frame["message"])
         elif kind == "assistant.delta":
-            stream = self.streams.get(frame["reply_id"])
-            if stream is not None and frame["seq"] > stream["seq"]:
-                stream["seq"] = frame["seq"]
-                stream["text"] += frame["text"]
+            await self._delta(frame)
+        elif kind == "assistant.snapshot":
+            await self._snapshot(frame)
         elif kind == "assistant.end":
             self.streams.pop(frame["reply_id"], None)
             self._upsert(frame["message"])
+
+    def _presence(self, users: list[str], version: int | None) -> None:
+        if version is not None:
+            if version <= self.presence_version:
+                return
+            self.presence_version = version
+        self.presence = list(users)
+
+    @staticmethod
+    def _stream_new(text: str, seq: int, known: bool) -> dict[str, Any]:
+        return {"text": text, "seq": seq, "known": known, "waiting": {}, "fetching": False}
+
+    async def _delta(self, frame: dict[str, Any]) -> None:
+        reply_id = frame["reply_id"]
+        stream = self.streams.get(reply_id)
+        if stream is None:
+            known = self.view.get(reply_id)
+            if known is not None and known["status"] != "streaming":
+                return
+            stream = self.streams[reply_id] = self._stream_new("", 0, False)
+        if frame["seq"] <= stream["seq"]:
+            return
+        stream["waiting"][frame["seq"]] = frame["text"]
+        if not stream["known"] or frame["seq"] > stream["seq"] + 1:
+            await self._snapshot_fetch(reply_id)
+            return
+        await self._stream_advance(reply_id)
+
+    async def _stream_advance(self, reply_id: int) -> None:
+        stream = self.streams.get(reply_id)
+        if stream is None or not stream["known"]:
+            return
+        for seq in sorted(stream["waiting"]):
+            if seq <= stream["seq"]:
+                del stream["waiting"][seq]
+            elif seq == stream["seq"] + 1:
+                stream["text"] += stream["waiting"].pop(seq)
+                stream["seq"] = seq
+                self.stream_states.append((reply_id, seq, stream["text"]))
+            else:
+                break
+        if stream["waiting"]:
+            await self._snapshot_fetch(reply_id)
+
+    async def _snapshot_fetch(self, reply_id: int) -> None:
+        stream = self.streams.get(reply_id)
+        if stream is None or stream["fetching"]:
+            return
+        if await self.send_frame({"type": "assistant.fetch", "reply_id": reply_id}):
+            stream["fetching"] = True
+
+    async def _snapshot(self, frame: dict[str, Any]) -> None:
+        reply_id = frame["reply_id"]
+        if "message" in frame:
+            self.streams.pop(reply_id, None)
+            self._upsert(frame["message"])
+            return
+        stream = self.streams.get(reply_id)
+        if stream is None:
+            return
+        stream["fetching"] = False
+        entry = frame["streaming"]
+        if not stream["known"] or entry["seq"] >= stream["seq"]:
+            stream.update(text=entry["text"], seq=entry["seq"], known=True)
+            self.stream_states.append((reply_id, entry["seq"], entry["text"]))
+            if reply_id not in self.view:
+                self._stream_resume(entry)
+        waiting_first = min(stream["waiting"]) if stream["waiting"] else None
+        await self._stream_advance(reply_id)
+        if waiting_first is not None and waiting_first > stream["seq"] + 1:
+            # The saved text is behind what was broadcast: ask again shortly.
+            stream["fetching"] = True
+            await asyncio.sleep(1.0)
+            stream["fetching"] = False
+            await self._snapshot_fetch(reply_id)
+
+    def _resend_soon(self) -> None:
+        if self._resend is not None:
+            return
+
+        async def resend() -> None:
+            self._resend = None
+            for client_id in list(self.pending):
+                if client_id not in self.inflight:
+                    await self._send_pending(client_id)
+
+        self._resend = asyncio.get_running_loop().call_later(RESEND_SECONDS, lambda: asyncio.ensure_future(resend()))
 
     def _acknowledge(self, client_id: str, frame: dict[str, Any]) -> None:
         item = self.sends[client_id]
@@ -280,27 +476,44 @@ class Tab:
             self.pending.remove(client_id)
 
     def _stream_resume(self, stream: dict[str, Any]) -> None:
-        self.streams[stream["reply_id"]] = {"text": stream["text"], "seq": stream["seq"]}
+        local = self.streams.get(stream["reply_id"])
+        if local is None or not local["known"] or local["seq"] < stream["seq"]:
+            fresh = self._stream_new(stream["text"], stream["seq"], True)
+            if local is not None:
+                fresh["waiting"] = local["waiting"]
+            self.streams[stream["reply_id"]] = fresh
         self.last_id = max(self.last_id, stream["reply_id"])
         known = self.view.get(stream["reply_id"])
         if known is None:
-            # The hello's stream entry has no room seq: a hole fetch brings the row.
             self.view[stream["reply_id"]] = {
                 "id": stream["reply_id"],
-                "seq": None,
+                "seq": stream.get("message_seq"),
                 "status": "streaming",
                 "role": "assistant",
                 "text": stream["text"],
             }
+            if stream.get("message_seq") is not None:
+                self.last_seq = max(self.last_seq, stream["message_seq"])
+
+    async def _forward_fetch(self) -> None:
+        if await self.send_frame({"type": "history.fetch", "after": self.last_id, "limit": HISTORY_MAX}):
+            self._history_kinds.append("forward")
+        else:
+            self._paging = False
 
     async def _holes_fill(self) -> None:
+        if self._paging:
+            return
         rows = sorted((m for m in self.view.values() if m["seq"] is not None), key=lambda m: m["seq"])
         previous = 0 if self.from_start else (rows[0]["seq"] if rows else 0)
         for row in rows:
             gap = row["seq"] - previous - 1
             if gap > 0 and row["id"] not in self._holes_asked:
                 self._holes_asked.add(row["id"])
-                await self.send_frame({"type": "history.fetch", "before": row["id"], "limit": min(gap, HISTORY_MAX)})
+                if await self.send_frame(
+                    {"type": "history.fetch", "before": row["id"], "limit": min(gap, HISTORY_MAX)}
+                ):
+                    self._history_kinds.append("gap")
             previous = row["seq"]
 
     # --- judging -------------------------------------------------------------------

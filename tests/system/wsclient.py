@@ -29,6 +29,7 @@ class RoomClient:
         self._reader: asyncio.Task[None] | None = None
         self.close_code: int | None = None
         self.problems: list[str] = []
+        self.chunk_frames = 0
 
     async def connect(self, after: int | None = None) -> dict[str, Any]:
         url = f"{self.ws_url}/ws/rooms/{self.slug}/"
@@ -92,9 +93,19 @@ class RoomClient:
 
     async def _read(self) -> None:
         assert self.ws is not None
+        chunks: dict[str, dict[int, str]] = {}
         try:
             async for raw in self.ws:
                 frame = json.loads(raw)
+                if frame["type"] == "chunk":
+                    # A frame too large to send whole (docs/protocol.md): join it back.
+                    self.chunk_frames += 1
+                    parts = chunks.setdefault(frame["id"], {})
+                    parts[frame["index"]] = frame["data"]
+                    if len(parts) < frame["count"]:
+                        continue
+                    del chunks[frame["id"]]
+                    frame = json.loads("".join(parts[i] for i in range(frame["count"])))
                 self._apply(frame)
                 self.frames.append(frame)
                 self._inbox.put_nowait(frame)
