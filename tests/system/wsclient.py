@@ -30,6 +30,7 @@ class RoomClient:
         self.close_code: int | None = None
         self.problems: list[str] = []
         self.chunk_frames = 0
+        self.raw_sizes: list[int] = []  # bytes of every frame as it came off the wire
 
     async def connect(self, after: int | None = None) -> dict[str, Any]:
         url = f"{self.ws_url}/ws/rooms/{self.slug}/"
@@ -96,6 +97,7 @@ class RoomClient:
         chunks: dict[str, dict[int, str]] = {}
         try:
             async for raw in self.ws:
+                self.raw_sizes.append(len(raw.encode()) if isinstance(raw, str) else len(raw))
                 frame = json.loads(raw)
                 if frame["type"] == "chunk":
                     # A frame too large to send whole (docs/protocol.md): join it back.
