@@ -221,6 +221,13 @@ def _rate(value: str) -> tuple[int, int] | None:
 
 
 CHAT_RATE_LIMIT = _rate(env.str("CHAT_RATE_LIMIT", default="20/10s"))
+# Failed log-ins per account name (case-insensitive) and per client address
+# (an IPv6 client by its /64), and sign-ups (every attempt) per address. Over a
+# limit the form answers 429 with Retry-After until the window ends, without
+# checking the password. Shared by every process through Redis.
+LOGIN_RATE_LIMIT = _rate(env.str("LOGIN_RATE_LIMIT", default="5/300s"))
+LOGIN_ADDRESS_RATE_LIMIT = _rate(env.str("LOGIN_ADDRESS_RATE_LIMIT", default="20/300s"))
+SIGNUP_RATE_LIMIT = _rate(env.str("SIGNUP_RATE_LIMIT", default="5/3600s"))
 CHAT_MAX_MESSAGE_CHARS = env.int("CHAT_MAX_MESSAGE_CHARS", default=4000)
 # The largest frame a client may send; bigger ones close the socket with 4413.
 CHAT_MAX_FRAME_BYTES = env.int("CHAT_MAX_FRAME_BYTES", default=64 * 1024)
@@ -345,6 +352,10 @@ LOGGING = {
         "httpcore": {"level": "WARNING"},
         "daphne": {"level": "WARNING"},
         "channels_redis.pubsub": {"filters": ["exception_summary"]},
+        # A request with a Host outside ALLOWED_HOSTS (scanners send them all
+        # day) is answered 400; Django logs it at ERROR with a traceback. One
+        # WARNING line naming the host is enough.
+        "django.security.DisallowedHost": {"filters": ["exception_summary"]},
     },
 }
 

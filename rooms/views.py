@@ -1,13 +1,20 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import ipaddress
 import logging
+import unicodedata
 
-from asgiref.sync import sync_to_async
+from asgiref.sync import async_to_sync, sync_to_async
+from django import forms
 from django.conf import settings
-from django.contrib.auth import login
+from django.contrib.auth import get_user_model, login
+from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
+from django.core.exceptions import NON_FIELD_ERRORS
 from django.db import connection
+from django.forms.utils import ErrorDict
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.cache import never_cache
@@ -16,8 +23,91 @@ from django.views.decorators.http import require_GET, require_http_methods
 from . import selectors, services
 from .forms import RoomCreateForm, SignupForm
 from .kv import kv_client
+from .ratelimit import rate_hit, rate_peek
 
 logger = logging.getLogger(__name__)
+
+
+# --- Log-in and sign-up throttling ----------------------------------------------
+#
+# The project's Redis limiter (rooms.ratelimit), not django-axes: one mechanism
+# for log-in, sign-up and the chat, shared by every process through Redis with
+# no database write per attempt, a Retry-After for clients, and the stated
+# policy when Redis is away (counts per process). docs/deployment.md, "Security".
+
+
+def client_address(request: HttpRequest) -> str:
+    """The throttling key of the client's address: REMOTE_ADDR (the servers run
+    with --proxy-headers behind nginx), an IPv6 client by its /64 (one
+    subscriber's allocation, which they can rotate through freely)."""
+    raw = str(request.META.get("REMOTE_ADDR") or "")
+    try:
+        address = ipaddress.ip_address(raw)
+    except ValueError:
+        return raw[:64] or "unknown"
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
+
+
+def account_key(username: str) -> str:
+    """A fixed-size key per account name, case-insensitive (``Alice`` and
+    ``alice `` are one account to an attacker); hashed so Redis keys are bounded
+    and hold no user names."""
+    name = unicodedata.normalize("NFKC", username).strip().casefold()
+    return hashlib.sha256(name.encode("utf-8", "replace")).hexdigest()[:32]
+
+
+def _throttled(
+    request: HttpRequest, template: str, form: forms.BaseForm, message: str, wait: int, context: dict | None = None
+) -> HttpResponse:
+    """The form again with ``message`` as its error, HTTP 429 and Retry-After.
+
+    The error is set without validating the form: a throttled log-in must not
+    check the password (that is the point of refusing it)."""
+    form._errors = ErrorDict()  # full_clean() never runs
+    form._errors[NON_FIELD_ERRORS] = form.error_class([message], error_class="nonfield")
+    response = render(request, template, {**(context or {}), "form": form}, status=429)
+    response["Retry-After"] = str(wait)
+    return response
+
+
+def _wait_phrase(wait: int) -> str:
+    if wait <= 90:
+        return f"{wait} seconds"
+    return f"{(wait + 59) // 60} minutes"
+
+
+class LoginView(auth_views.LoginView):
+    """Django's log-in, throttled per account and per client address.
+
+    Only failed attempts count (a user who logs in on many devices is never
+    locked out). Both counters are read before the password is checked; once
+    either is at its limit the attempt is refused with 429 and Retry-After
+    without checking the password, the right one included, until the window
+    ends.
+    """
+
+    def post(self, request: HttpRequest, *args: object, **kwargs: object) -> HttpResponse:
+        form = self.get_form()
+        username = str(request.POST.get(get_user_model().USERNAME_FIELD) or "")
+        buckets = [(f"login-address:{client_address(request)}", settings.LOGIN_ADDRESS_RATE_LIMIT)]
+        if username:
+            buckets.append((f"login-account:{account_key(username)}", settings.LOGIN_RATE_LIMIT))
+        waits = {bucket.split(":", 1)[0]: async_to_sync(rate_peek)(bucket, limit) for bucket, limit in buckets}
+        wait = max(waits.values())
+        if wait:
+            which = ", ".join(name for name, seconds in waits.items() if seconds)
+            logger.warning("log-in refused: too many failures (%s); retry in %s s", which, wait)
+            message = f"Too many failed log-in attempts. Try again in {_wait_phrase(wait)}."
+            return _throttled(request, self.template_name, form, message, wait, self.get_context_data(form=form))
+        if form.is_valid():
+            return self.form_valid(form)
+        for bucket, limit in buckets:
+            async_to_sync(rate_hit)(bucket, limit)
+        return self.form_invalid(form)
 
 
 @require_http_methods(["GET", "POST"])
@@ -25,10 +115,18 @@ def signup(request: HttpRequest) -> HttpResponse:
     if request.user.is_authenticated:
         return redirect("room_list")
     form = SignupForm(request.POST or None)
-    if request.method == "POST" and form.is_valid():
-        user = form.save()
-        login(request, user)
-        return redirect("room_list")
+    if request.method == "POST":
+        # Every sign-up counts, made or not: accounts are what an abuser
+        # multiplies (each one gets its own chat and assistant allowance).
+        bucket = f"signup-address:{client_address(request)}"
+        if not async_to_sync(rate_hit)(bucket, settings.SIGNUP_RATE_LIMIT):
+            wait = max(1, async_to_sync(rate_peek)(bucket, settings.SIGNUP_RATE_LIMIT))
+            message = f"Too many sign-ups from your network. Try again in {_wait_phrase(wait)}."
+            return _throttled(request, "registration/signup.html", form, message, wait)
+        if form.is_valid():
+            user = form.save()
+            login(request, user)
+            return redirect("room_list")
     return render(request, "registration/signup.html", {"form": form})
 
 
