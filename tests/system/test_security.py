@@ -156,21 +156,32 @@ def test_huge_frames_close_with_memory_flat(stack, sessions, room_slug):
     assert db_rows(stack, room_slug) == []
 
 
-FRAME_TYPES = ["message.send", "typing", "history.fetch", "assistant.cancel", "ping", "unknown", ""]
+FRAME_TYPES = ["message.send", "typing", "history.fetch", "assistant.fetch", "assistant.cancel", "ping", "unknown", ""]
+# What crashed sockets before issue 10: NUL (PostgreSQL cannot store it) and
+# lone surrogates (no UTF-8 to echo them back in), as JSON escapes, in any
+# string of a frame, keys included; and integers past 64 bits or past Python's
+# 4300-digit parsing limit.
+nasty_chars = st.sampled_from(["\x00", "\ud800", "\udbff", "\udc00", "\udfff", "\u200b", "\ufeff", "\u2060", "\u202e"])
+nasty_text = st.lists(nasty_chars | st.characters(), min_size=1, max_size=12).map("".join)
+texts = st.text(max_size=30) | nasty_text
+huge_ints = st.sampled_from([2**63 - 1, 2**63, -(2**63) - 1, 10**30, -(10**30)])
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=True) | st.text(max_size=30),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | huge_ints | st.floats(allow_nan=True) | texts,
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(texts, children, max_size=4),
     max_leaves=12,
 )
 object_frames = st.fixed_dictionaries(
-    {"type": st.sampled_from(FRAME_TYPES) | st.text(max_size=12)},
+    {"type": st.sampled_from(FRAME_TYPES) | st.text(max_size=12) | nasty_text},
     optional={
-        "text": json_values | st.text(max_size=200),
-        "client_id": json_values,
+        "text": json_values | st.text(max_size=200) | nasty_text,
+        "client_id": json_values | nasty_text,
         "active": json_values,
         "before": json_values,
+        "after": json_values,
         "limit": json_values,
         "reply_id": json_values,
+        # Fields no handler reads still pass the frame-wide NUL/surrogate check.
+        "extra": json_values,
     },
 ).map(lambda d: json.dumps(d))
 frames = st.one_of(
@@ -178,7 +189,17 @@ frames = st.one_of(
     json_values.map(json.dumps),
     st.text(max_size=200),
     st.binary(max_size=200),
-    st.sampled_from(["{", "[" * 2000, '{"type":"message.send","text":"' + "\\ud800" + '"}', "\x00", "null"]),
+    st.sampled_from(
+        [
+            "{",
+            "[" * 2000,
+            '{"type":"message.send","text":"' + "\\ud800" + '"}',
+            "\x00",
+            "null",
+            # Past Python's 4300-digit limit: json.loads itself refuses it.
+            '{"type":"history.fetch","before":' + "9" * 5000 + "}",
+        ]
+    ),
 )
 
 
@@ -235,6 +256,7 @@ def test_fuzzed_frames_never_break_the_server(stack, sessions, room_slug):
     for row in db_rows(stack, room_slug):
         assert isinstance(row["text"], str) and row["text"].strip() and len(row["text"]) <= 4000
         assert "\x00" not in row["text"]
+        row["text"].encode("utf-8")  # no lone surrogate was stored
 
 
 # --- 12: floods ---------------------------------------------------------------------------
