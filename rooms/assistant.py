@@ -34,6 +34,10 @@ CONTROL_GROUP = "assistant.control"
 QUEUE_POLL_SECONDS = 0.5
 # While the database is away a reply keeps streaming and retries its saves this often.
 DB_RETRY_SECONDS = 1.0
+# A flush waits this long for its checkpoint before broadcasting anyway: a slow or
+# vanished database must not stall what every tab is watching (the save goes on
+# in the background, and the next one carries the whole text).
+SAVE_WAIT_SECONDS = 1.0
 
 DEFAULT_SYSTEM_PROMPT = (
     'You are {name}, an AI assistant taking part in a group chat room called "{room}" with several people. '
@@ -142,7 +146,7 @@ async def reply_sweep() -> None:
         # While the database was away no worker could check in: a stale beat is
         # no evidence of a dead process until it has been back for a while.
         return
-    interrupted, orphans = await db_run(services.reply_sweep_stale)
+    interrupted, orphans = await db_run(services.reply_sweep_stale, time.monotonic())
     for reply in interrupted:
         logger.warning("reply %s interrupted: its worker stopped checking in", reply.pk)
         await _announce(
@@ -161,49 +165,56 @@ class CheckpointWriter:
     one database thread, and the queue in front of it became the relay's
     latency (bench S2). Checkpoints that arrive while a batch is being written
     go into the next one, so commits stay near one reply's flush rate however
-    many replies stream.
+    many replies stream; and a reply's newer checkpoint replaces its older one
+    still waiting (each is the whole text so far), so a slow database never
+    piles up copies of a long text.
     """
 
     def __init__(self) -> None:
-        self._waiting: list[tuple[int, str, int, asyncio.Future[bool]]] = []
+        self._waiting: dict[int, tuple[str, int, list[asyncio.Future[bool]]]] = {}
         self._task: asyncio.Task[None] | None = None
         tasks.on_new_loop(self._reset)
 
     def _reset(self) -> None:
-        self._waiting, self._task = [], None
+        self._waiting, self._task = {}, None
 
-    async def save(self, reply_id: int, text: str, stream_seq: int) -> bool:
-        """Returns once the checkpoint is committed; False if the reply was swept.
-        Raises ``DatabaseUnavailable`` when the database is away."""
+    def save(self, reply_id: int, text: str, stream_seq: int) -> asyncio.Future[bool]:
+        """A future of the checkpoint's commit: True once committed, False if the
+        reply was swept; ``DatabaseUnavailable`` when the database is away."""
         loop = tasks.bind()
         done: asyncio.Future[bool] = loop.create_future()
-        self._waiting.append((reply_id, text, stream_seq, done))
+        older = self._waiting.get(reply_id)
+        futures = [*older[2], done] if older else [done]
+        self._waiting[reply_id] = (text, stream_seq, futures)
         if self._task is None or self._task.done():
             self._task = tasks.spawn(self._run(), name="reply-checkpoints")
-        return await done
+        return done
 
     async def _run(self) -> None:
-        batch: list[tuple[int, str, int, asyncio.Future[bool]]] = []
+        batch: dict[int, tuple[str, int, list[asyncio.Future[bool]]]] = {}
         try:
             while self._waiting:
-                batch, self._waiting = self._waiting, []
+                batch, self._waiting = self._waiting, {}
+                rows = [(reply_id, text, seq) for reply_id, (text, seq, _) in batch.items()]
                 try:
-                    saved = await db_run(
-                        services.reply_checkpoint_many, [(reply_id, text, seq) for reply_id, text, seq, _ in batch]
-                    )
+                    saved = await db_run(services.reply_checkpoint_many, rows)
                 except Exception as exc:  # noqa: BLE001 - each waiting reply handles it
-                    for *_, done in batch:
-                        if not done.done():
-                            done.set_exception(exc)
+                    for _, _, futures in batch.values():
+                        for done in futures:
+                            if not done.done():
+                                done.set_exception(exc)
+                    batch = {}
                     continue
-                for (*_, done), ok in zip(batch, saved, strict=True):
-                    if not done.done():
-                        done.set_result(ok)
-                batch = []
+                for (_, _, futures), ok in zip(batch.values(), saved, strict=True):
+                    for done in futures:
+                        if not done.done():
+                            done.set_result(ok)
+                batch = {}
         finally:
             # Cancelled (shutdown): nobody may wait forever on a lost batch.
-            for *_, done in (*batch, *self._waiting):
-                done.cancel()
+            for _, _, futures in (*batch.values(), *self._waiting.values()):
+                for done in futures:
+                    done.cancel()
 
 
 checkpoints = CheckpointWriter()
@@ -400,13 +411,25 @@ class _Stream:
         )
 
     async def _save(self) -> None:
+        seq = self.seq
+        saving = checkpoints.save(self.reply_id, self.text, seq)
         try:
-            await checkpoints.save(self.reply_id, self.text, self.seq)
+            await asyncio.wait_for(asyncio.shield(saving), SAVE_WAIT_SECONDS)
+        except TimeoutError:
+            # Slow: go on; if it lands later and nothing newer is waiting, all is saved.
+            if self.unsaved_since is None:
+                self.unsaved_since = time.monotonic()
+            saving.add_done_callback(lambda f: self._saved_later(f, seq))
+            return
         except DatabaseUnavailable:
             if self.unsaved_since is None:
                 self.unsaved_since = time.monotonic()
             return
         self.unsaved_since = None
+
+    def _saved_later(self, saving: asyncio.Future[bool], seq: int) -> None:
+        if not saving.cancelled() and saving.exception() is None and seq == self.seq:
+            self.unsaved_since = None
 
     def lost_database(self) -> bool:
         """The database has refused every save for longer than the reply may wait."""

@@ -16,6 +16,13 @@ away into one exception, ``DatabaseUnavailable``:
   ``interrupt()`` for SQLite); the stuck thread then fails at once and the
   calls queued behind it run (or fail) instead of waiting forever.
 
+Once a call has failed, the process stops queueing work behind a database
+that is away: further calls fail at once, and one call at a time (every
+PROBE_SECONDS) is let through to find out whether it is back. So during an
+outage sends are answered ``unavailable`` immediately, a streaming reply keeps
+broadcasting without waiting on its saves, and the first probe that succeeds
+opens the way again.
+
 Callers answer ``DatabaseUnavailable`` with an ``error`` frame (code
 ``unavailable``) or a 4503 close; nothing is logged per socket beyond one line.
 """
@@ -45,17 +52,35 @@ class DatabaseUnavailable(Exception):
     """The database could not be reached, or did not answer within the deadline."""
 
 
-class DatabaseHealth:
-    """When this process last saw the database fail, and whether it is failing now.
+PROBE_SECONDS = 0.5
 
-    The reply sweeper reads it: a reply cannot check in while the database is
-    away, so its heartbeat is not evidence of a dead worker until the database
-    has been back for a while.
+
+class DatabaseHealth:
+    """When this process last saw the database fail, whether it is failing now,
+    and who may try it meanwhile (one probe at a time).
+
+    The reply sweeper reads it too: a reply cannot check in while the database
+    is away, so its heartbeat is not evidence of a dead worker until the
+    database has been back for a while.
     """
 
     def __init__(self) -> None:
         self.last_failure = 0.0  # time.monotonic() of the latest failure
         self.failing = False
+        self.probing = False
+        self.last_probe = 0.0
+
+    def admit(self) -> bool:
+        """May a call go to the database now? Always while it works; while it
+        fails, one probe at a time, every PROBE_SECONDS."""
+        if not self.failing:
+            return True
+        now = time.monotonic()
+        if self.probing or now - self.last_probe < PROBE_SECONDS:
+            return False
+        self.probing = True
+        self.last_probe = now
+        return True
 
     def failed(self, exc: BaseException | None) -> None:
         self.last_failure = time.monotonic()
@@ -95,12 +120,10 @@ class _Call:
             if pgconn is not None:
                 # PostgreSQL (psycopg 3): shutting the socket down wakes the
                 # blocked read with an error; the connection is then discarded.
-                duplicate = os.dup(pgconn.socket)
-                try:
-                    socket.socket(fileno=duplicate).shutdown(socket.SHUT_RDWR)
-                finally:
-                    with contextlib.suppress(OSError):
-                        os.close(duplicate)
+                # (A duplicate, closed exactly once by its socket object: the
+                # connection's own descriptor stays psycopg's to close.)
+                with socket.socket(fileno=os.dup(pgconn.socket)) as duplicate:
+                    duplicate.shutdown(socket.SHUT_RDWR)
             elif hasattr(raw, "interrupt"):
                 raw.interrupt()  # sqlite3: abort the running statement
 
@@ -123,6 +146,9 @@ async def db_run(fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
     Raises ``DatabaseUnavailable`` when the database is away; every other
     exception (``IntegrityError``, a ``ServiceError``, a bug) passes through.
     """
+    probe = db_health.failing
+    if not db_health.admit():
+        raise DatabaseUnavailable("the database is unavailable")
     call = _Call()
     try:
         result = await asyncio.wait_for(
@@ -136,5 +162,8 @@ async def db_run(fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
     except (OperationalError, InterfaceError) as exc:
         db_health.failed(exc)
         raise DatabaseUnavailable(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from exc
+    finally:
+        if probe:
+            db_health.probing = False
     db_health.succeeded()
     return result

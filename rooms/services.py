@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 import unicodedata
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -199,6 +200,7 @@ async def message_send(
     text: object,
     client_id: object = None,
     on_saved: Callable[[Message], Awaitable[None]] | None = None,
+    announce_existing: bool = False,
 ) -> tuple[Message, bool]:
     """Persist a user message, then tell the room.
 
@@ -206,6 +208,11 @@ async def message_send(
     acknowledgement, which must not wait on (or race with) the channel layer.
     A created message whose ``reply_state`` is pending asked the assistant: the
     caller hands it on (``rooms.assistant.reply_request``).
+
+    ``announce_existing``: a resend whose first attempt ended without knowing
+    whether it committed (the database stopped answering mid-transaction) may
+    find the message saved but never announced; it is announced then (clients
+    drop a copy they already have by id).
     """
     text, client_id = message_validate(text, client_id)
     if message_mentions_assistant(room, text):
@@ -231,7 +238,7 @@ async def message_send(
     message, created = await db_run(message_create, room=room, user=user, text=text, client_id=client_id)
     if on_saved is not None:
         await on_saved(message)
-    if created:
+    if created or announce_existing:
         # Not awaited: the sender already has its ack and a stalled layer must
         # not hold up its next frame.
         group_publish(
@@ -396,10 +403,19 @@ def reply_finish(reply_id: int, outcome: ReplyOutcome) -> Message | None:
     return Message.objects.get(pk=reply_id)
 
 
-def reply_sweep_stale() -> tuple[list[Message], list[Message]]:
+# A sweep that waited longer than this for its turn on the database thread (or
+# for a connection) is skipped: the database was slow or away meanwhile, so no
+# worker could check in either, and a stale beat proves nothing.
+SWEEP_MAX_DELAY = 1.0
+
+
+def reply_sweep_stale(requested_at: float | None = None) -> tuple[list[Message], list[Message]]:
     """Mark replies whose worker died as interrupted, and return
     ``(interrupted replies, orphaned pending requests)`` for the caller to
-    announce and adopt."""
+    announce and adopt. ``requested_at``: ``time.monotonic()`` when the caller
+    asked (same process)."""
+    if requested_at is not None and time.monotonic() - requested_at > SWEEP_MAX_DELAY:
+        return [], []
     cutoff = timezone.now() - timedelta(seconds=settings.ASSISTANT_STALE_SECONDS)
     dead_ids = list(
         Message.objects.filter(
