@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from autobahn.exception import Disconnected
+from channels.consumer import get_handler_name
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
@@ -111,6 +112,8 @@ class RoomConsumer(AsyncWebsocketConsumer):
     # copies are dropped. Created on a socket's first send: idle sockets are
     # most sockets, and each one's memory counts (bench S3).
     acked_ids: set[int] | None = None
+    # client_ids whose send failed with the database's outcome unknown.
+    unsure_ids: set[str] | None = None
     # What hello held, to drop the live copies of it (empty for most sockets).
     hello_max_id: int = 0
     hello_stream_seq: dict[int, int] = {}  # replaced per instance, never mutated
@@ -139,6 +142,18 @@ class RoomConsumer(AsyncWebsocketConsumer):
             # A handler that raised ends the consumer without disconnect(): its
             # hub membership and presence entry must not outlive it.
             await self._teardown()
+
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        """Channels' dispatch, minus its ``aclose_old_connections()`` before every
+        frame: that is a hop onto the database thread per frame, which queues
+        behind any stuck query (a frame handler would wait on a hanging
+        database before it even started) and costs a thread hop even for
+        frames that never touch the database. Connections are handed back
+        after every ``db_run`` instead."""
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
 
     async def connect(self) -> None:
         self.room = None
@@ -414,13 +429,27 @@ class RoomConsumer(AsyncWebsocketConsumer):
             raise BadFrame(events.BAD_REQUEST, "text is required")
         if not await rate_hit(f"chat:{self.user_id}", settings.CHAT_RATE_LIMIT):
             raise BadFrame(events.RATE_LIMITED, "you are sending messages too fast; wait a few seconds")
-        message, created = await message_send(
-            room=self.room,
-            user=self.user,
-            text=payload["text"],
-            client_id=payload.get("client_id"),
-            on_saved=self._message_ack,
-        )
+        client_id = payload.get("client_id")
+        unsure = self.unsure_ids is not None and client_id in self.unsure_ids
+        try:
+            message, created = await message_send(
+                room=self.room,
+                user=self.user,
+                text=payload["text"],
+                client_id=client_id,
+                on_saved=self._message_ack,
+                announce_existing=unsure,
+            )
+        except DatabaseUnavailable:
+            # The database stopped answering: the insert may or may not have
+            # committed. The client resends; if it had, it is announced then.
+            if isinstance(client_id, str):
+                if self.unsure_ids is None:
+                    self.unsure_ids = set()
+                self.unsure_ids.add(client_id)
+            raise
+        if unsure and self.unsure_ids is not None:
+            self.unsure_ids.discard(client_id)
         if created and message.reply_state == Message.ReplyState.PENDING:
             reply_request(self.room, message)
 
