@@ -259,8 +259,9 @@ class Tab:
         return message["seq"] if message["id"] not in self.view else None
 
     def _skips_ahead(self, frame: dict[str, Any]) -> bool:
+        # After a hello, last_seq 0 means the room was empty: seq 1 comes next.
         seq = self._seq_of(frame)
-        return seq is not None and self.last_seq > 0 and seq > self.last_seq + 1
+        return seq is not None and (self.last_seq > 0 or self.from_start) and seq > self.last_seq + 1
 
     def _fills_gap(self, frame: dict[str, Any]) -> bool:
         seq = self._seq_of(frame)
@@ -337,7 +338,11 @@ class Tab:
             client_id = frame.get("client_id")
             if client_id in self.inflight:
                 if frame["code"] == "unavailable":
-                    # Not saved through no fault of the message: sent again soon.
+                    # Not saved through no fault of the message: an answer, but it
+                    # stays pending and is sent again soon.
+                    item = self.sends[client_id]
+                    if item.answered_at is None:
+                        item.answered_at, item.answer = time.monotonic(), frame
                     self.inflight.remove(client_id)
                     self._resend_soon()
                 else:

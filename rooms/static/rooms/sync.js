@@ -128,9 +128,10 @@ export class RoomState {
     return message && Number.isInteger(message.seq) && !this.messages.has(message.id) ? message.seq : null;
   }
 
+  // After a hello, lastSeq 0 means the room was empty: seq 1 comes next.
   skipsAhead(frame) {
     const seq = this.seqOf(frame);
-    return seq !== null && this.lastSeq > 0 && seq > this.lastSeq + 1;
+    return seq !== null && seq > this.lastSeq + 1;
   }
 
   fillsGap(frame) {
