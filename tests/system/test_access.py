@@ -550,12 +550,6 @@ def test_login_throttled_per_address_after_failures(stack):
     assert form.post({"username": "bob", "password": DEFAULT_PASSWORD})[0] == 302
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="daphne --proxy-headers takes the LEFTMOST X-Forwarded-For entry, which the client "
-    "writes (nginx appends with $proxy_add_x_forwarded_for): deploy/nginx/chat_proxy.conf must "
-    "set X-Forwarded-For to $remote_addr at the edge",
-)
 def test_login_address_limit_is_not_evaded_by_a_forged_forwarded_for(stack):
     """A client that sends its own X-Forwarded-For must still be counted by its
     real address. (From 127.0.0.2, 127.0.0.3: addresses nginx sees that no
