@@ -1,5 +1,7 @@
 """A real site for the browser tests: SQLite file, migrations, users and rooms,
-collected static files, and daphne as a subprocess on a free port.
+collected static files, and daphne as a subprocess on a free port, started
+through deploy/entrypoint.sh ``web`` so it runs with the production flags (the
+128 KiB frame limit, pings, timeouts).
 
 The in-memory channel layer is enough here (one daphne process); the fault and
 multi-process suites start Redis themselves.
@@ -24,6 +26,7 @@ from typing import IO
 logger = logging.getLogger(__name__)
 
 BASE_DIR = Path(__file__).resolve().parents[2]
+ENTRYPOINT = BASE_DIR / "deploy" / "entrypoint.sh"
 PASSWORD = "correct-horse-battery-staple-9"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
@@ -65,6 +68,11 @@ class Stack:
                 "ASSISTANT_DEMO_DELAY_MS": "15",
                 "PYTHONUNBUFFERED": "1",
                 "LOG_LEVEL": "INFO",
+                # deploy/entrypoint.sh `web`: daphne from this interpreter's venv.
+                "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""),
+                "ASGI_SERVER": "daphne",
+                "BIND": "127.0.0.1",
+                "PORT": str(self.port),
             }
         )
         if openai_base_url:
@@ -119,17 +127,9 @@ class Stack:
     def start(self) -> None:
         assert self.proc is None or self.proc.poll() is not None, "daphne already running"
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
+        # The entrypoint execs daphne: self.proc is daphne itself, so kill() kills the server.
         self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "daphne",
-                "-b",
-                "127.0.0.1",
-                "-p",
-                str(self.port),
-                "chatsite.asgi:application",
-            ],
+            ["sh", str(ENTRYPOINT), "web"],
             cwd=BASE_DIR,
             env=self.env,
             stdout=self._log,
