@@ -16,7 +16,22 @@ from tests.fakeopenai import FakeOpenAI
 from .stack import BASE_DIR, CHROMIUM, CHROMIUM_ARGS, Stack
 
 USERS = ["alice", "bob", "carol", "dave"]
-ROOMS = ["lobby", "stream", "xss", "resume", "leaving", "gaps", "history"]
+ROOMS = [
+    "lobby",
+    "stream",
+    "xss",
+    "resume",
+    "leaving",
+    "gaps",
+    "history",
+    "layout",
+    "live-md",
+    "edits",
+    "replies",
+    "unread",
+    "elsewhere",
+    "empty",
+]
 RESULTS_DIR = BASE_DIR / "test-results" / "browser"
 
 

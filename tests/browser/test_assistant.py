@@ -9,6 +9,7 @@ from pathlib import Path
 from playwright.sync_api import Browser, Page, expect
 
 from tests.fakeopenai import FakeOpenAI
+from tests.xss_payloads import html_is_safe
 
 from .pages import context_new, expect_message_count, login, reply_row, room_open, send
 from .stack import Stack
@@ -116,3 +117,68 @@ def test_streaming_reply_stop_and_markdown(
     finally:
         for ctx in contexts:
             ctx.close()
+
+
+# Every distinct state of a body still being written, as HTML and as text.
+STREAM_RECORDER_JS = """() => {
+    const snaps = {html: [], text: []};
+    window.__streamSnaps = snaps;
+    const seen = new Set();
+    const record = () => {
+        for (const body of document.querySelectorAll('#messages .msg-body.streaming')) {
+            const html = body.innerHTML;
+            if (seen.has(html)) continue;
+            seen.add(html);
+            snaps.html.push(html);
+            snaps.text.push(body.textContent);
+        }
+    };
+    new MutationObserver(record).observe(document.getElementById('messages'),
+                                         {subtree: true, childList: true, characterData: true});
+}"""
+
+LIVE_MARKDOWN = (
+    "**bold claim** and *a subtle one* then a list:\n\n- first point\n- second point with `inline code`\n\n"
+    "```python\ndef greet(name):\n    return f'hi {name}'\n```\n\nThat is ~~all~~ everything, see https://example.com/docs"
+)
+
+
+def test_markdown_formatted_while_streaming(browser: Browser, live_stack: Stack, shots: Path) -> None:
+    """The growing reply is Markdown before it ends, with no markup characters
+    showing at any cut point, and the server's html replaces it at the end."""
+    stack = live_stack
+    context = context_new(browser)
+    try:
+        page = context.new_page()
+        login(page, stack, "alice")
+        room_open(page, stack, "live-md")
+        page.evaluate(STREAM_RECORDER_JS)
+        # The fake model echoes its context: this message, Markdown and all, a few characters at a time.
+        send(page, f"@assistant [[echo-context]] [[tps=40]] {LIVE_MARKDOWN}")
+        streaming = page.locator("#messages > li.msg.assistant.status-streaming .msg-body.streaming")
+        expect(streaming.locator("strong")).to_have_text("bold claim")
+        expect(streaming.locator("em").first).to_have_text("a subtle one")
+        expect(streaming.locator("ul > li")).to_have_count(2)
+        expect(streaming.locator("pre.hl code")).to_contain_text("def greet")
+        # Still being written when all of that was already formatted.
+        expect(page.locator("#messages > li.msg.assistant")).to_have_attribute("data-status", "streaming")
+        page.screenshot(path=str(shots / "mid-stream.png"))
+
+        reply = page.locator("#messages > li.msg.assistant")
+        expect(reply).to_have_attribute("data-status", "complete", timeout=30_000)
+        # The final html is the server's: highlighted code, and the same text.
+        expect(reply.locator(".msg-body pre.hl code span.k").first).to_have_text("def")
+        expect(reply.locator(".msg-body strong")).to_have_text("bold claim")
+        expect(reply.locator(".msg-body s")).to_have_text("all")
+
+        snaps = page.evaluate("() => window.__streamSnaps")
+        assert len(snaps["html"]) > 10, len(snaps["html"])
+        for text in snaps["text"]:
+            # No markup characters at any cut point: what is open is closed, a lone marker is held back.
+            assert "**" not in text and "```" not in text and "~~" not in text, text[-200:]
+            assert not text.rstrip().endswith(("*", "`", "_")), text[-200:]
+        for html in snaps["html"]:
+            assert html_is_safe(html) == [], html
+        assert any("<strong>" in html for html in snaps["html"])
+    finally:
+        context.close()

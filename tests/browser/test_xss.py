@@ -38,6 +38,22 @@ LOG_PROBLEMS_JS = """() => {
 }"""
 
 
+# Every distinct innerHTML of a body still being written.
+STREAM_RECORDER_JS = """() => {
+    const snaps = [];
+    window.__streamSnaps = snaps;
+    const seen = new Set();
+    new MutationObserver(() => {
+        for (const body of document.querySelectorAll('#messages .msg-body.streaming')) {
+            if (!seen.has(body.innerHTML)) {
+                seen.add(body.innerHTML);
+                snaps.push(body.innerHTML);
+            }
+        }
+    }).observe(document.getElementById('messages'), {subtree: true, childList: true, characterData: true});
+}"""
+
+
 def test_xss_payloads_never_run(browser: Browser, live_stack: Stack, shots: Path) -> None:
     stack = live_stack
     context = context_new(browser, height=900)
@@ -85,11 +101,31 @@ def test_xss_payloads_never_run(browser: Browser, live_stack: Stack, shots: Path
         expect(page.locator("#messages")).to_contain_text("<img src=x onerror=alert(1)>")
 
         # And from the model: the fake model echoes its whole context (every payload,
-        # inline after a name) and this last message (every payload at a line start).
-        send(page, "@assistant [[echo-context]] [[tps=0]]\n\n" + "\n\n".join(storable))
+        # inline after a name) and this last message (every payload at a line start),
+        # a few characters at a time: while it streams, the page renders its Markdown
+        # at every cut point (markdown.js, DOMPurify), and each of those states is checked.
+        page.evaluate(STREAM_RECORDER_JS)
+        send(page, "@assistant [[echo-context]] [[tps=800]]\n\n" + "\n\n".join(storable))
         expect_message_count(page, len(storable) + 2, timeout=30_000)
         reply = page.locator("#messages > li.msg.assistant").last
+        mid_stream_problems: list[str] = []
+        checks = 0
+        while reply.get_attribute("data-status") == "streaming":
+            mid_stream_problems += page.evaluate(LOG_PROBLEMS_JS)
+            checks += 1
         expect(reply).to_have_attribute("data-status", "complete", timeout=30_000)
+        assert mid_stream_problems == []
+        assert checks > 0, "the reply ended before the page could be looked at mid-stream"
+        snaps = page.evaluate("() => window.__streamSnaps")
+        # Many states, formatted: the payloads went through the streaming renderer.
+        assert len(snaps) > 20, len(snaps)
+        assert any("<strong>" in html or "<pre" in html for html in snaps)
+        for html in snaps:
+            assert html_is_safe(html) == [], html
+        joined = "".join(snaps)
+        for payload in ("<script>alert(1)</script>", "<img src=x onerror=alert(1)>"):
+            # Raw HTML in the stream was text: escaped, never parsed.
+            assert payload.replace("<", "&lt;").replace(">", "&gt;") in joined, payload
         expect(reply.locator(".msg-body")).to_contain_text("user: alice: <script>alert(1)</script>")
 
         # Give any deferred handler (onerror, onload, ontoggle, autofocus) a chance to fire.

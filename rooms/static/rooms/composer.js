@@ -6,8 +6,10 @@ const TYPING_RESEND_MS = 3_000;
 const TYPING_IDLE_MS = 4_000;
 
 export class Composer {
-  // send(frame) -> bool; submit(text); maxChars: the server's limit.
-  constructor({ send, submit, maxChars }) {
+  // send(frame) -> bool; submit(text); maxChars: the server's limit;
+  // cancelReply(): drop the message being replied to (Esc).
+  constructor({ send, submit, maxChars, cancelReply }) {
+    this.cancelReply = cancelReply;
     this.sendFrame = send;
     this.submitText = submit;
     this.maxChars = maxChars;
@@ -26,6 +28,8 @@ export class Composer {
       if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
         event.preventDefault();
         this.submit();
+      } else if (event.key === "Escape" && this.cancelReply) {
+        this.cancelReply();
       }
     });
     els.text.addEventListener("input", () => {

@@ -1,7 +1,12 @@
 // Rendering: the room's DOM, and nothing about the protocol.
 //
 // Trust rule: the server-sanitized `html` field of a message is the only HTML
-// ever inserted; every other string goes in as text (textContent).
+// inserted from a message; every other string goes in as text (textContent).
+// The one other source is a reply still being written, whose Markdown is
+// rendered here and reduced by DOMPurify to the server's allow-list
+// (markdown.js) until assistant.end brings the server's html.
+
+import { markdownFragment } from "./markdown.js";
 
 const AVATAR_COLOURS = 8;
 const NEAR_BOTTOM_PX = 80;
@@ -23,6 +28,11 @@ export const els = {
   send: document.getElementById("send"),
   connection: document.getElementById("connection"),
   empty: document.getElementById("empty"),
+  presenceToggle: document.getElementById("presence-toggle"),
+  presenceClose: document.getElementById("presence-close"),
+  sidebar: document.getElementById("sidebar"),
+  replyChip: document.getElementById("reply-chip"),
+  notify: document.getElementById("notify-enable"),
 };
 
 export function el(tag, className, text) {
@@ -85,12 +95,17 @@ export function comesBefore(a, b) {
 }
 
 // `view` gives rendering what it needs to know of the room: who "I" am, the
-// text of replies being streamed, and where a row belongs.
+// text of replies being streamed, where a row belongs, what I may change.
 export function messageElement(message, view) {
   const status = STATUSES.has(message.status) ? message.status : "complete";
   const role = message.role === "assistant" ? "assistant" : "user";
+  const deleted = message.deleted === true;
   const li = el("li", `msg ${role} status-${status}`);
   if (role !== "assistant" && message.author === view.me) li.classList.add("own");
+  if (deleted) li.classList.add("deleted");
+  if (Array.isArray(message.mentions) && message.mentions.some((name) => sameName(name, view.me))) {
+    li.classList.add("mentions-me");
+  }
   li.dataset.id = String(message.id);
   if (Number.isInteger(message.seq)) li.dataset.seq = String(message.seq);
   li.dataset.status = status;
@@ -107,17 +122,35 @@ export function messageElement(message, view) {
     time.title = new Date(message.created).toLocaleString();
     meta.append(time);
   }
+  if (message.edited && !deleted) {
+    const edited = el("span", "msg-edited", "(edited)");
+    const when = new Date(message.edited);
+    edited.title = Number.isNaN(when.getTime()) ? "edited" : `edited ${when.toLocaleString()}`;
+    meta.append(edited);
+  }
   main.append(meta);
 
+  if (message.reply_to && Number.isInteger(message.reply_to.id) && !deleted) {
+    main.append(quoteElement(message.reply_to));
+  }
+
   const body = el("div", "msg-body");
-  if (status === "streaming") {
+  if (!deleted && view.editing && view.editing.id === message.id) {
+    main.append(editorElement(view.editing));
+    body.hidden = true;
+  }
+  if (deleted) {
+    body.classList.add("deleted");
+    body.textContent = "message deleted";
+  } else if (status === "streaming") {
     const stream = view.streamText(message.id);
     body.classList.add("streaming");
     body.setAttribute("aria-busy", "true");
-    body.textContent = stream !== null ? stream : String(message.text || "");
+    body.replaceChildren(markdownFragment(stream !== null ? stream : String(message.text || "")));
   } else if (typeof message.html === "string" && message.html !== "") {
     // Sanitized on the server (Markdown, then nh3): the only HTML this page inserts.
     body.innerHTML = message.html;
+    mentionsMark(body, view.me);
   } else if (message.text) {
     body.textContent = message.text;
   } else {
@@ -127,9 +160,77 @@ export function messageElement(message, view) {
   main.append(body);
 
   const foot = messageFooter(message, status);
-  if (foot) main.append(foot);
+  if (foot && !deleted) main.append(foot);
   li.append(main);
+  if (!deleted && status !== "streaming") li.append(actionsElement(message, view));
   return li;
+}
+
+function sameName(a, b) {
+  return String(a).toLowerCase() === String(b || "").toLowerCase();
+}
+
+// Mentions of the viewer stand out more than others'.
+function mentionsMark(body, me) {
+  for (const span of body.querySelectorAll("span.mention")) {
+    if (sameName(span.textContent.replace(/^@/, ""), me)) span.classList.add("me");
+  }
+}
+
+export function quoteElement(quote) {
+  const button = el("button", "msg-quote");
+  button.type = "button";
+  button.dataset.quoteId = String(quote.id);
+  button.append(el("span", "quote-author", quote.author));
+  const excerpt = String(quote.excerpt || "");
+  button.append(el("span", excerpt ? "quote-text" : "quote-text deleted", excerpt || "message deleted"));
+  button.setAttribute("aria-label", `Reply to ${quote.author}: ${excerpt || "message deleted"}. Show it`);
+  return button;
+}
+
+function actionsElement(message, view) {
+  const bar = el("div", "msg-actions");
+  const action = (name, text, label) => {
+    const button = el("button", `msg-action action-${name}`, text);
+    button.type = "button";
+    button.dataset.action = name;
+    button.setAttribute("aria-label", label);
+    bar.append(button);
+  };
+  action("reply", "Reply", `Reply to ${message.author}`);
+  const own = message.role !== "assistant" && message.author === view.me;
+  if (message.role !== "assistant" && (own || view.moderator)) action("edit", "Edit", "Edit message");
+  if (own || view.moderator) action("delete", "Delete", "Delete message");
+  return bar;
+}
+
+function editorElement(editing) {
+  const form = el("form", "msg-editor");
+  form.autocomplete = "off";
+  const box = el("textarea", "msg-editor-text");
+  box.value = editing.draft;
+  box.rows = Math.min(8, Math.max(1, editing.draft.split("\n").length));
+  box.setAttribute("aria-label", "Edit message");
+  box.disabled = Boolean(editing.saving);
+  form.append(box);
+  const row = el("div", "msg-editor-row");
+  row.append(el("span", "hint", editing.saving ? "Saving…" : "Enter to save · Esc to cancel"));
+  const cancel = el("button", "secondary small editor-cancel", "Cancel");
+  cancel.type = "button";
+  const save = el("button", "small editor-save", "Save");
+  save.type = "submit";
+  save.disabled = Boolean(editing.saving);
+  row.append(cancel, save);
+  form.append(row);
+  return form;
+}
+
+export function editorFocus(id) {
+  const box = els.list.querySelector(`li.msg[data-id="${Number(id)}"] .msg-editor-text`);
+  if (box && !box.disabled) {
+    box.focus();
+    box.setSelectionRange(box.value.length, box.value.length);
+  }
 }
 
 function messageFooter(message, status) {
@@ -170,9 +271,27 @@ export function elementPlace(node, message, lookup) {
   else els.list.prepend(node);
 }
 
+// Streamed text is rendered at most once per animation frame per reply (a
+// hidden tab, which gets no frames, still renders every ~250 ms).
+const streamFrames = new Map(); // reply id -> latest text awaiting its frame
+const STREAM_FALLBACK_MS = 250;
+
 export function streamTextShow(replyId, text) {
-  const row = els.list.querySelector(`li.msg[data-id="${Number(replyId)}"] .msg-body.streaming`);
-  if (row) row.textContent = text;
+  const id = Number(replyId);
+  const scheduled = streamFrames.has(id);
+  streamFrames.set(id, text);
+  if (scheduled) return;
+  let done = false;
+  const render = () => {
+    if (done) return;
+    done = true;
+    const latest = streamFrames.get(id);
+    streamFrames.delete(id);
+    const body = els.list.querySelector(`li.msg[data-id="${id}"] .msg-body.streaming`);
+    if (body) logChange(() => body.replaceChildren(markdownFragment(latest)));
+  };
+  window.requestAnimationFrame(render);
+  window.setTimeout(render, STREAM_FALLBACK_MS);
 }
 
 export function emptyUpdate(hasMessages) {
@@ -181,7 +300,7 @@ export function emptyUpdate(hasMessages) {
 
 // --- Pending (own, not yet confirmed) ------------------------------------------------
 
-export function pendingElement(clientId, me, text) {
+export function pendingElement(clientId, me, text, quote) {
   const li = el("li", "msg user own pending");
   li.dataset.clientId = clientId;
   li.append(avatar(me, "user"));
@@ -190,6 +309,7 @@ export function pendingElement(clientId, me, text) {
   meta.append(el("span", "msg-author", me));
   meta.append(el("span", "msg-time", "sending…"));
   main.append(meta);
+  if (quote) main.append(quoteElement(quote));
   main.append(el("div", "msg-body plain", text));
   li.append(main);
   els.pending.append(li);
@@ -249,6 +369,63 @@ export function presenceRender(users, me) {
   });
   els.presence.replaceChildren(...items);
   els.presenceCount.textContent = names.length ? String(names.length) : "";
+  if (els.presenceToggle) {
+    els.presenceToggle.querySelector(".presence-toggle-count").textContent = String(names.length);
+    els.presenceToggle.setAttribute("aria-label", `${plural(names.length, "person")} here: show who`);
+  }
+}
+
+// --- The "New messages" divider ------------------------------------------------------
+
+export function dividerPlace(afterSeq, me) {
+  let divider = document.getElementById("unread-divider");
+  if (afterSeq === null) {
+    if (divider) divider.remove();
+    return;
+  }
+  const first = [...els.list.querySelectorAll("li.msg")].find(
+    (li) => Number(li.dataset.seq) > afterSeq && !li.classList.contains("own"),
+  );
+  if (!first) {
+    if (divider) divider.remove();
+    return;
+  }
+  if (!divider) {
+    divider = el("li", "unread-divider");
+    divider.id = "unread-divider";
+    divider.setAttribute("role", "separator");
+    divider.append(el("span", "unread-divider-label", "New messages"));
+  }
+  if (first.previousElementSibling !== divider) first.before(divider);
+}
+
+// --- Jumping to a quoted message --------------------------------------------------------
+
+export function messageFlash(id) {
+  const row = els.list.querySelector(`li.msg[data-id="${Number(id)}"]`);
+  if (!row) return false;
+  row.scrollIntoView({ block: "center" });
+  row.classList.remove("flash");
+  // Restart the animation even when the same row is flashed twice.
+  void row.offsetWidth;
+  row.classList.add("flash");
+  window.setTimeout(() => row.classList.remove("flash"), 2000);
+  return true;
+}
+
+// --- The reply chip above the composer -----------------------------------------------------
+
+export function replyChipShow(quote) {
+  const chip = els.replyChip;
+  if (!quote) {
+    chip.hidden = true;
+    chip.querySelector(".reply-chip-author").textContent = "";
+    chip.querySelector(".reply-chip-text").textContent = "";
+    return;
+  }
+  chip.querySelector(".reply-chip-author").textContent = quote.author;
+  chip.querySelector(".reply-chip-text").textContent = quote.excerpt || "message deleted";
+  chip.hidden = false;
 }
 
 export function typersRender(names) {

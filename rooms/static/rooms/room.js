@@ -1,9 +1,13 @@
 // The room page: one WebSocket (protocol.js), the room's state kept complete
-// (sync.js), its DOM (render.js) and the composer (composer.js).
+// (sync.js), its DOM (render.js, markdown.js for replies being written), the
+// composer (composer.js), what the person has seen (attention.js) and the
+// page's layout on small screens (layout.js).
 //
 // Protocol: docs/protocol.md. No build step: plain ES modules.
 
+import { Attention } from "./attention.js";
 import { Composer } from "./composer.js";
+import { layoutStart } from "./layout.js";
 import { Socket } from "./protocol.js";
 import { composerEnable, connectionShow, els, scrollToBottom } from "./render.js";
 import { RoomState } from "./sync.js";
@@ -81,20 +85,104 @@ const socket = new Socket({
   },
 });
 
-const room = new RoomState({ me: config.username, assistant: config.assistant, socket });
+const attention = new Attention({
+  send: (frame) => socket.send(frame),
+  lastSeq: () => room.lastSeq,
+  slug: config.slug,
+});
+const room = new RoomState({ me: config.username, assistant: config.assistant, socket, attention });
 const composer = new Composer({
   send: (frame) => socket.send(frame),
   submit: (text) => room.submit(text),
   maxChars: config.maxChars,
+  cancelReply: () => room.replyCancel(),
 });
 
+const DELETE_CONFIRM_MS = 4_000;
+
+function rowId(node) {
+  const row = node.closest("li.msg[data-id]");
+  return row ? Number(row.dataset.id) : null;
+}
+
 els.list.addEventListener("click", (event) => {
-  const button = event.target.closest("button.stop");
-  if (!button || button.disabled) return;
-  if (socket.send({ type: "assistant.cancel", reply_id: Number(button.dataset.replyId) })) {
-    button.disabled = true;
-    button.textContent = "Stopping…";
+  const stop = event.target.closest("button.stop");
+  if (stop) {
+    if (stop.disabled) return;
+    if (socket.send({ type: "assistant.cancel", reply_id: Number(stop.dataset.replyId) })) {
+      stop.disabled = true;
+      stop.textContent = "Stopping…";
+    }
+    return;
   }
+  const quote = event.target.closest("button.msg-quote");
+  if (quote) {
+    room.quoteJump(Number(quote.dataset.quoteId));
+    return;
+  }
+  const action = event.target.closest("button.msg-action");
+  if (action) {
+    const id = rowId(action);
+    if (action.dataset.action === "reply") room.reply(id);
+    else if (action.dataset.action === "edit") room.editStart(id);
+    else if (action.dataset.action === "delete") deleteClick(action, id);
+    return;
+  }
+  if (event.target.closest("button.editor-cancel")) {
+    room.editCancel();
+    return;
+  }
+  // A tap on a message shows its actions (touch screens have no hover).
+  const row = event.target.closest("li.msg[data-id]");
+  if (row && !event.target.closest("a, button, textarea, .msg-editor")) {
+    const was = row.classList.contains("selected");
+    for (const other of els.list.querySelectorAll("li.msg.selected")) other.classList.remove("selected");
+    if (!was) row.classList.add("selected");
+  }
+});
+
+// Deleting takes a second press: the first turns the button into a confirmation.
+function deleteClick(button, id) {
+  if (button.classList.contains("confirm")) {
+    if (!room.remove(id)) room.notice("offline", "Not connected: nothing was deleted.");
+    return;
+  }
+  button.classList.add("confirm");
+  button.textContent = "Delete?";
+  button.setAttribute("aria-label", "Press again to delete this message");
+  window.setTimeout(() => {
+    if (!button.isConnected) return;
+    button.classList.remove("confirm");
+    button.textContent = "Delete";
+    button.setAttribute("aria-label", "Delete message");
+  }, DELETE_CONFIRM_MS);
+}
+
+els.list.addEventListener("submit", (event) => {
+  const form = event.target.closest("form.msg-editor");
+  if (!form) return;
+  event.preventDefault();
+  room.editSave(form.querySelector("textarea").value);
+});
+els.list.addEventListener("keydown", (event) => {
+  const box = event.target.closest(".msg-editor-text");
+  if (!box) return;
+  if (event.key === "Escape") {
+    event.preventDefault();
+    room.editCancel();
+    els.text.focus();
+  } else if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+    event.preventDefault();
+    room.editSave(box.value);
+  }
+});
+els.list.addEventListener("input", (event) => {
+  const box = event.target.closest(".msg-editor-text");
+  if (box && room.editing) room.editing.draft = box.value;
+});
+els.replyChip.querySelector("button.reply-chip-close").addEventListener("click", () => {
+  room.replyCancel();
+  els.text.focus();
 });
 els.notices.addEventListener("click", (event) => {
   const button = event.target.closest("button.notice-close");
@@ -107,5 +195,7 @@ els.log.addEventListener("scroll", () => {
 });
 
 composerEnable(false);
+layoutStart();
+attention.start();
 composer.start();
 socket.start();

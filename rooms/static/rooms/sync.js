@@ -15,12 +15,15 @@
 
 import {
   comesBefore,
+  dividerPlace,
+  editorFocus,
   els,
   elementPlace,
   emptyUpdate,
   keepPlace,
   logChange,
   messageElement,
+  messageFlash,
   noticeClear,
   noticeShow,
   olderShow,
@@ -28,6 +31,7 @@ import {
   pendingMark,
   plural,
   presenceRender,
+  replyChipShow,
   streamTextShow,
   typersRender,
 } from "./render.js";
@@ -40,6 +44,8 @@ const TYPING_EXPIRE_MS = 6_000;
 const RESEND_MS = 2_000;
 const SNAPSHOT_RETRY_MS = 1_000;
 const SNAPSHOT_TRIES = 5;
+const EXCERPT_CHARS = 140;
+const JUMP_PAGES_MAX = 40;
 
 const ERROR_TEXT = {
   rate_limited: "Slow down a little",
@@ -47,6 +53,7 @@ const ERROR_TEXT = {
   bad_request: "Not understood",
   bad_json: "Not understood",
   not_found: "Not found",
+  forbidden: "Not allowed",
   unavailable: "Server busy",
   internal: "Something went wrong",
 };
@@ -54,13 +61,21 @@ const ERROR_TEXT = {
 const SEND_REFUSALS = new Set(["rate_limited", "too_long", "bad_request", "internal"]);
 
 export class RoomState {
-  constructor({ me, assistant, socket }) {
+  constructor({ me, assistant, socket, attention }) {
     this.me = me;
     this.assistant = assistant;
     this.socket = socket;
+    this.attention = attention; // unread title, read marks, notifications (attention.js)
+    this.moderator = false; // hello's user.moderator: may edit and delete others' messages
+    this.editing = null; // {id, draft, saving}
+    this.replyTo = null; // {id, author, excerpt} quoted by the next send
+    this.unreadFrom = null; // the divider goes above the first message after this seq (first hello only)
+    this.helloSeen = false;
+    this.jumpTarget = null; // a quoted message being paged in from older history
+    this.jumpPages = 0;
     this.messages = new Map(); // id -> {msg, el}
     this.streams = new Map(); // reply id -> {text, seq, known, waiting: Map(seq -> text), fetching, tries}
-    this.pending = new Map(); // client_id -> {text, el}
+    this.pending = new Map(); // client_id -> {text, replyTo, el}
     this.inflight = []; // client_ids sent on the current socket, awaiting their answer
     this.historyKinds = []; // "older" | "gap" | "forward", one per history.fetch on the current socket
     this.holesAsked = new Set(); // message ids a hole below was already fetched for (per socket)
@@ -166,7 +181,17 @@ export class RoomState {
   apply(frame) {
     switch (frame.type) {
       case "message":
-        if (frame.message) logChange(() => this.messageUpsert(frame.message), this.isOwnSend(frame.message));
+        if (frame.message) {
+          const fresh = !this.messages.has(frame.message.id);
+          logChange(() => this.messageUpsert(frame.message), this.isOwnSend(frame.message));
+          if (fresh) this.arrived(frame.message);
+        }
+        break;
+      case "message.update":
+        if (frame.message) this.messageUpdate(frame.message);
+        break;
+      case "notify":
+        this.attention.notify(frame);
         break;
       case "history":
         this.history(frame);
@@ -183,10 +208,12 @@ export class RoomState {
       case "assistant.start":
         if (frame.message) {
           this.queuedNoteClear(frame.in_reply_to);
+          const fresh = !this.messages.has(frame.message.id);
           logChange(() => {
             if (!this.streams.has(frame.reply_id)) this.streams.set(frame.reply_id, this.streamNew("", 0, true));
             this.messageUpsert(frame.message);
           });
+          if (fresh) this.arrived(frame.message);
         }
         break;
       case "assistant.delta":
@@ -218,14 +245,32 @@ export class RoomState {
   hello(frame) {
     const reconnected = this.lastId > 0 || this.messages.size > 0;
     if (frame.user && frame.user.username) this.me = frame.user.username;
+    if (frame.user && typeof frame.user.moderator === "boolean") this.moderator = frame.user.moderator;
     if (frame.room && "assistant" in frame.room) this.assistant = frame.room.assistant;
+    if (!this.helloSeen) {
+      // Where "new messages" begin is decided once per page load, before this tab reads anything.
+      this.helloSeen = true;
+      const lastRead = Number.isInteger(frame.last_read_seq) ? frame.last_read_seq : null;
+      const newest = Math.max(0, ...(frame.messages || []).map((m) => (Number.isInteger(m.seq) ? m.seq : 0)));
+      if (lastRead !== null && newest > lastRead) this.unreadFrom = lastRead;
+    }
     // A new socket: its presence versions start afresh.
     this.presenceVersion = -1;
     this.presence({ users: frame.presence || [], version: frame.presence_version });
+    const known = new Set(this.messages.keys());
     logChange(() => {
-      for (const message of frame.messages || []) this.messageUpsert(message);
+      for (const message of frame.messages || []) {
+        // An edit of a message older than any shown here: it comes with older history.
+        if (reconnected && this.belowLoaded(message)) continue;
+        this.messageUpsert(message);
+      }
       for (const stream of frame.streaming || []) this.streamResume(stream);
     }, !reconnected);
+    if (reconnected) {
+      for (const message of frame.messages || []) {
+        if (!known.has(message.id) && this.messages.has(message.id)) this.arrived(message);
+      }
+    }
     if (frame.truncated) {
       // More is missing than one hello carries: page forward from the newest id.
       this.paging = true;
@@ -235,6 +280,7 @@ export class RoomState {
     }
     this.olderUpdate();
     this.pendingResendAll();
+    this.attention.check();
   }
 
   // --- Completeness -------------------------------------------------------------------------
@@ -278,6 +324,7 @@ export class RoomState {
       });
       if (!frame.has_more) this.reachedStart = true;
       this.olderLoadingSet(false);
+      this.jumpContinue();
     } else {
       logChange(() => {
         for (const message of messages) this.messageUpsert(message);
@@ -357,7 +404,48 @@ export class RoomState {
     if (Number.isInteger(merged.seq)) this.lastSeq = Math.max(this.lastSeq, merged.seq);
     this.lastId = Math.max(this.lastId, merged.id);
     if (merged.role !== "assistant") this.typerClear(merged.author);
+    if (this.editing && this.editing.id === merged.id && !this.editing.saving) editorFocus(merged.id);
+    if (this.unreadFrom !== null) dividerPlace(this.unreadFrom, this.me);
     emptyUpdate(true);
+  }
+
+  // A message not loaded here whose seq lies below everything shown.
+  belowLoaded(message) {
+    if (!message || this.messages.has(message.id) || !Number.isInteger(message.seq)) return false;
+    const oldest = this.oldestMessage();
+    return Boolean(oldest && Number.isInteger(oldest.seq) && message.seq < oldest.seq);
+  }
+
+  // An edit or a delete, from any tab or the admin: replace the row, keep its place.
+  messageUpdate(message) {
+    if (!Number.isInteger(message.id) || this.belowLoaded(message)) return;
+    const existing = this.messages.get(message.id);
+    if (!existing && Number.isInteger(message.seq) && message.seq > this.lastSeq) {
+      // Not here yet at all: it is news, and goes through the seq ordering like a message.
+      this.frame({ type: "message", message });
+      return;
+    }
+    if (this.editing && this.editing.id === message.id && (this.editing.saving || message.deleted)) {
+      this.editing = null;
+    }
+    if (this.replyTo && this.replyTo.id === message.id && message.deleted) this.replyCancel();
+    logChange(() => this.messageUpsert(message));
+    // Quotes of it elsewhere in the log follow.
+    for (const { msg } of this.messages.values()) {
+      if (msg.reply_to && msg.reply_to.id === message.id && message.deleted && msg.reply_to.excerpt) {
+        logChange(() => this.messageUpsert({ ...msg, reply_to: { ...msg.reply_to, excerpt: "" } }));
+      }
+    }
+  }
+
+  // A new row from someone else: the tab title counts it unless it is being looked at.
+  arrived(message) {
+    if (message.author !== this.me || message.role === "assistant") this.attention.arrived();
+  }
+
+  messageRow(id) {
+    const row = this.messages.get(Number(id));
+    return row ? row.msg : null;
   }
 
   oldestMessage() {
@@ -570,16 +658,18 @@ export class RoomState {
 
   // --- Sending ---------------------------------------------------------------------------------
 
-  pendingAdd(clientId, text) {
-    const li = pendingElement(clientId, this.me, text);
-    this.pending.set(clientId, { text, el: li });
+  pendingAdd(clientId, text, replyTo) {
+    const li = pendingElement(clientId, this.me, text, replyTo);
+    this.pending.set(clientId, { text, replyTo, el: li });
     emptyUpdate(true);
   }
 
   pendingSend(clientId) {
     const item = this.pending.get(clientId);
     if (!item) return;
-    if (this.socket.send({ type: "message.send", text: item.text, client_id: clientId })) {
+    const frame = { type: "message.send", text: item.text, client_id: clientId };
+    if (item.replyTo) frame.reply_to = item.replyTo.id;
+    if (this.socket.send(frame)) {
       this.inflight.push(clientId);
       pendingMark(item.el, "sending…", false);
     }
@@ -597,6 +687,7 @@ export class RoomState {
     if (item) item.el.remove();
     this.pending.delete(clientId);
     this.inflight = this.inflight.filter((id) => id !== clientId);
+    emptyUpdate(this.messages.size > 0 || this.pending.size > 0);
   }
 
   // Refused: nothing typed is lost, the text goes back into the composer.
@@ -606,6 +697,7 @@ export class RoomState {
     this.pendingResolve(clientId);
     const current = els.text.value;
     els.text.value = current ? `${item.text}\n${current}` : item.text;
+    if (item.replyTo && !this.replyTo) this.replySet(item.replyTo);
     els.text.focus();
   }
 
@@ -621,6 +713,11 @@ export class RoomState {
       this.resendSoon();
     } else if (clientId && SEND_REFUSALS.has(code)) {
       this.pendingFail(clientId);
+    }
+    if (this.editing && this.editing.saving && !clientId) {
+      // Not saved: the editor comes back with the text, and the notice says why.
+      this.editing.saving = false;
+      this.editRender();
     }
     const title = ERROR_TEXT[code] || "Error";
     noticeShow(`error-${code}`, frame.detail ? `${title}: ${frame.detail}` : title, "error");
@@ -640,11 +737,113 @@ export class RoomState {
 
   submit(text) {
     const clientId = newClientId();
+    const replyTo = this.replyTo;
+    this.replyCancel();
     noticeClear("error-rate_limited");
     noticeClear("error-too_long");
-    logChange(() => this.pendingAdd(clientId, text), true);
+    logChange(() => this.pendingAdd(clientId, text, replyTo), true);
     this.pendingSend(clientId);
   }
+
+  // --- Replying, editing, deleting ------------------------------------------------------------------
+
+  replySet(quote) {
+    this.replyTo = quote;
+    replyChipShow(quote);
+  }
+
+  reply(id) {
+    const msg = this.messageRow(id);
+    if (!msg || msg.deleted) return;
+    this.replySet({ id: msg.id, author: msg.author, excerpt: excerptOf(msg.text) });
+    els.text.focus();
+  }
+
+  replyCancel() {
+    this.replyTo = null;
+    replyChipShow(null);
+  }
+
+  editStart(id) {
+    const msg = this.messageRow(id);
+    if (!msg || msg.deleted || msg.role === "assistant") return;
+    if (this.editing && this.editing.id !== msg.id) this.editCancel();
+    this.editing = { id: msg.id, draft: String(msg.text || ""), saving: false };
+    this.editRender();
+  }
+
+  editRender() {
+    if (!this.editing) return;
+    const msg = this.messageRow(this.editing.id);
+    if (msg) logChange(() => this.messageUpsert(msg));
+  }
+
+  editCancel() {
+    if (!this.editing) return;
+    const { id } = this.editing;
+    this.editing = null;
+    const msg = this.messageRow(id);
+    if (msg) logChange(() => this.messageUpsert(msg));
+  }
+
+  editSave(text) {
+    if (!this.editing || this.editing.saving) return;
+    const msg = this.messageRow(this.editing.id);
+    if (!msg) {
+      this.editing = null;
+      return;
+    }
+    this.editing.draft = text;
+    if (!text.trim()) return;
+    if (text === msg.text) {
+      this.editCancel();
+      return;
+    }
+    if (this.socket.send({ type: "message.edit", id: msg.id, text, client_id: newClientId() })) {
+      this.editing.saving = true;
+      this.editRender();
+    } else {
+      this.notice("offline", "Not connected: the edit was not sent. Try again when the room is live.");
+    }
+  }
+
+  remove(id) {
+    const msg = this.messageRow(id);
+    if (!msg || msg.deleted) return false;
+    return this.socket.send({ type: "message.delete", id: msg.id });
+  }
+
+  // Scroll to a quoted message and flash it, paging in older history if it is not loaded.
+  quoteJump(id) {
+    this.jumpTarget = null;
+    if (messageFlash(id)) return;
+    if (this.reachedStart) {
+      this.notice("quote_gone", "That message is no longer in this room's history.");
+      return;
+    }
+    this.jumpTarget = Number(id);
+    this.jumpPages = 0;
+    this.olderLoad();
+  }
+
+  jumpContinue() {
+    if (this.jumpTarget === null) return;
+    if (messageFlash(this.jumpTarget)) {
+      this.jumpTarget = null;
+      return;
+    }
+    this.jumpPages += 1;
+    if (this.reachedStart || this.jumpPages >= JUMP_PAGES_MAX) {
+      this.jumpTarget = null;
+      return;
+    }
+    this.olderLoad();
+  }
+}
+
+export function excerptOf(text) {
+  const flat = String(text || "").split(/\s+/).filter(Boolean).join(" ");
+  return flat.length <= EXCERPT_CHARS ? flat : `${flat.slice(0, EXCERPT_CHARS - 1)}…`;
 }
 
 export function newClientId() {
