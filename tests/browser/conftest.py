@@ -30,6 +30,7 @@ ROOMS = [
     "replies",
     "unread",
     "elsewhere",
+    "mentions",
     "empty",
 ]
 RESULTS_DIR = BASE_DIR / "test-results" / "browser"

@@ -66,3 +66,14 @@ def expect_message_count(page: Page, count: int, timeout: int = TIMEOUT_MS) -> N
 
 def reply_row(page: Page, reply_id: int) -> Any:
     return page.locator(f'#messages > li.msg[data-id="{reply_id}"]')
+
+
+def row_with_text(page: Page, text: str) -> Any:
+    """The confirmed message row whose body contains ``text``."""
+    return page.locator("#messages > li.msg").filter(has=page.locator(".msg-body", has_text=text))
+
+
+def message_action(row: Any, action: str) -> None:
+    """Reply, Edit or Delete, as a person does: point at the message, press the button."""
+    row.locator(".msg-main").hover()
+    row.locator(f'button.msg-action[data-action="{action}"]').click()

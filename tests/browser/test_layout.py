@@ -166,12 +166,38 @@ def test_small_screens(
         assert page.evaluate("() => window.scrollY") == 0
         page.screenshot(path=str(shots / "top.png"))
 
+        if width < 760:
+            # No hover on a phone: a tap on a message shows its actions, big enough for a finger.
+            row = page.locator('#messages > li.msg[data-seq="2"]')
+            row.locator(".msg-body").click()
+            reply = row.locator('button.msg-action[data-action="reply"]')
+            expect(reply).to_be_visible()
+            box = reply.bounding_box()
+            assert box is not None and box["height"] >= 40, box
+            page.screenshot(path=str(shots / "actions.png"))
+            reply.click()
+            expect(page.locator("#reply-chip")).to_be_visible()
+            expect(page.locator("#reply-chip")).to_contain_text("bob")
+            layout_check(page)
+            page.screenshot(path=str(shots / "replying.png"))
+
         # Fingers: every control of the header and the composer is at least 40 px tall.
         for selector in (".room-header a.back", "#send", "#text", "#presence-toggle"):
             control = page.locator(selector)
             if control.is_visible():
                 box = control.bounding_box()
                 assert box is not None and box["height"] >= 40, (selector, box)
+
+        # Offline: the badge says so at once and still fits in the header.
+        context.set_offline(True)
+        connection = page.locator("#connection")
+        expect(connection).to_have_attribute("data-state", "offline", timeout=1000)
+        header = page.locator(".room-header").bounding_box()
+        badge = connection.bounding_box()
+        assert header is not None and badge is not None
+        assert badge["x"] >= 0 and badge["x"] + badge["width"] <= min(header["x"] + header["width"], width) + 0.5
+        layout_check(page)
+        page.screenshot(path=str(shots / "offline.png"))
     finally:
         context.close()
 

@@ -70,8 +70,11 @@ function timeLabel(iso) {
 
 // --- Connection badge ------------------------------------------------------------
 
-export function connectionShow(kind, text, link) {
+// `short`: what a phone shows (site.css swaps it in); the full text stays the badge's title.
+export function connectionShow(kind, text, link, short) {
   els.connection.dataset.state = kind;
+  els.connection.dataset.short = short || text;
+  els.connection.title = text;
   const label = els.connection.querySelector(".connection-text");
   label.textContent = text;
   if (link) {
@@ -161,8 +164,8 @@ export function messageElement(message, view) {
 
   const foot = messageFooter(message, status);
   if (foot && !deleted) main.append(foot);
+  if (!deleted && status !== "streaming") main.append(actionsElement(message, view));
   li.append(main);
-  if (!deleted && status !== "streaming") li.append(actionsElement(message, view));
   return li;
 }
 

@@ -53,13 +53,18 @@ const socket = new Socket({
       }
       const show = () => {
         const seconds = Math.ceil((detail.retryAt - Date.now()) / 1000);
-        connectionShow("reconnecting", seconds > 0 ? `Reconnecting in ${seconds}s…` : "Reconnecting…");
+        connectionShow(
+          "reconnecting",
+          seconds > 0 ? `Reconnecting in ${seconds}s…` : "Reconnecting…",
+          null,
+          seconds > 0 ? `Retry in ${seconds}s` : "Reconnecting…",
+        );
       };
       show();
       countdown = window.setInterval(show, 250);
     } else if (kind === "offline") {
       countdownClear();
-      connectionShow("offline", "Offline: waiting for the network…");
+      connectionShow("offline", "Offline: waiting for the network…", null, "Offline");
     } else if (kind === "closed") {
       room.socketClosed();
       if (detail.code === 4413) {
