@@ -50,7 +50,7 @@ def screenshot_take(out: Path, phone_out: Path) -> None:
                 expect(reply).to_have_attribute("data-status", "complete", timeout=30_000)
                 alice = pages["alice"]
                 # A reply that quotes bob's question and mentions him.
-                message_action(row_with_text(alice, "how do I print a greeting"), "reply")
+                message_action(row_with_text(alice, "how do I print a greeting").first, "reply")
                 send(alice, "Perfect, thanks! I'll add that to the runbook — @bob can you review it?")
                 expect_message_count(alice, len(CONVERSATION) + 2)
                 # An edit: alice fixes her first message.
@@ -63,6 +63,12 @@ def screenshot_take(out: Path, phone_out: Path) -> None:
                 expect(pages["bob"].locator("span.mention.me")).to_have_count(1)
                 pages["bob"].locator("#text").press_sequentially("Sounds good", delay=20)
                 expect(alice.locator("#typing")).to_have_text("bob is typing…")
+                alice.mouse.move(5, 5)  # no hover toolbar in the picture
+                alice.locator("#text").focus()
+                alice.wait_for_function(
+                    "() => [...document.querySelectorAll('.msg-actions')]"
+                    ".every(a => getComputedStyle(a).opacity === '0')"
+                )
                 alice.screenshot(path=str(out))
                 pages["bob"].locator("#log").evaluate("l => { l.scrollTop = l.scrollHeight; }")
                 pages["bob"].screenshot(path=str(phone_out))
