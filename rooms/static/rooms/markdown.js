@@ -303,8 +303,3 @@ export function markdownClose(text) {
 export function markdownFragment(text) {
   return DOMPurify.sanitize(md.render(markdownClose(text)), PURIFY_CONFIG);
 }
-
-// For tests and the final check: the same pipeline as a string.
-export function markdownHtml(text) {
-  return DOMPurify.sanitize(md.render(String(text)), { ...PURIFY_CONFIG, RETURN_DOM_FRAGMENT: false });
-}
