@@ -261,18 +261,35 @@ async def _reply_worker(room_id: int, request_id: int) -> None:
 
 def _context_build(room: Room, reply: Message) -> tuple[list[dict[str, str]], list[int]]:
     history = selectors.context_messages(room, before_seq=reply.seq - 1)
+    # A question that quotes an earlier message ("reply to") is about it: the
+    # quoted message goes in just before the question when the budget left it out.
+    request = reply.in_reply_to
+    quoted = request.reply_to if request is not None and request.reply_to_id else None
+    if quoted is not None and (quoted.deleted or any(m.pk == quoted.pk for m in history)):
+        quoted = None
     system = room.assistant_system_prompt or DEFAULT_SYSTEM_PROMPT.format(name=room.assistant_name, room=room.name)
     messages = [{"role": "system", "content": system}]
     for message in history:
-        if message.role == Message.Role.ASSISTANT:
-            messages.append({"role": "assistant", "content": message.text})
-        else:
-            messages.append({"role": "user", "content": f"{message.author_name}: {message.text}"})
-    return messages, [m.pk for m in history]
+        if quoted is not None and message.pk == request.pk:
+            messages.append(_context_entry(quoted))
+        messages.append(_context_entry(message))
+    ids = [m.pk for m in history]
+    if quoted is not None:
+        ids.insert(ids.index(request.pk) if request.pk in ids else len(ids), quoted.pk)
+    return messages, ids
+
+
+def _context_entry(message: Message) -> dict[str, str]:
+    if message.role == Message.Role.ASSISTANT:
+        return {"role": "assistant", "content": message.text}
+    text = message.text
+    if message.reply_to_id and message.reply_to is not None and not message.reply_to.deleted:
+        text = f'(replying to {message.reply_to.author_name}: "{events.excerpt(message.reply_to.text)}") {text}'
+    return {"role": "user", "content": f"{message.author_name}: {text}"}
 
 
 def _reply_prepare(reply_id: int) -> tuple[Room, Message, ChatRequest]:
-    reply = Message.objects.select_related("room").get(pk=reply_id)
+    reply = Message.objects.select_related("room", "in_reply_to__reply_to").get(pk=reply_id)
     room = reply.room
     messages, context_ids = _context_build(room, reply)
     services.reply_set_context(reply_id, context_ids)

@@ -32,7 +32,14 @@ from .models import Message, Room
 from .presence import TooManySockets
 from .ratelimit import rate_hit
 from .realtime import group_publish, hub, layer_health, room_group, user_group
-from .services import ServiceError, message_send
+from .services import (
+    ServiceError,
+    message_delete,
+    message_edit,
+    message_send,
+    message_update_send,
+    read_mark,
+)
 from .socketauth import session_user_resolve, socket_refuse
 from .tasks import tasks
 
@@ -243,6 +250,8 @@ class RoomConsumer(AsyncWebsocketConsumer):
             username=self.username,
             presence=joined.users,
             presence_version=joined.version,
+            last_read_seq=selectors.room_last_read(room, self.user),
+            moderator=selectors.room_may_moderate(room, self.user),
             messages=shown,
             streaming=streaming,
             truncated=truncated,
@@ -416,6 +425,12 @@ class RoomConsumer(AsyncWebsocketConsumer):
             await self._assistant_cancel(payload)
         elif kind == events.ASSISTANT_FETCH:
             await self._assistant_fetch(payload)
+        elif kind == events.MESSAGE_EDIT:
+            await self._message_edit(payload)
+        elif kind == events.MESSAGE_DELETE:
+            await self._message_delete(payload)
+        elif kind == events.READ:
+            await self._read(payload)
         elif kind == events.PING:
             assert self.room is not None
             last_seq, streaming = await db_run(selectors.room_sync_state, self.room)
@@ -437,6 +452,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
                 user=self.user,
                 text=payload["text"],
                 client_id=client_id,
+                reply_to=payload.get("reply_to"),
                 on_saved=self._message_ack,
                 announce_existing=unsure,
             )
@@ -463,6 +479,27 @@ class RoomConsumer(AsyncWebsocketConsumer):
             self.acked_ids.clear()  # echoes lost to a layer outage; resumes cover them
         self.acked_ids.add(message.id)
         await self.send(text_data=events.message_frame(message))
+
+    async def _message_edit(self, payload: dict[str, Any]) -> None:
+        assert self.room is not None
+        if "text" not in payload:
+            raise BadFrame(events.BAD_REQUEST, "text is required")
+        message_id = _int_field(payload, "id", minimum=1)
+        if not await rate_hit(f"chat:{self.user_id}", settings.CHAT_RATE_LIMIT):
+            raise BadFrame(events.RATE_LIMITED, "you are changing messages too fast; wait a few seconds")
+        await message_update_send(
+            message_edit, room=self.room, user=self.user, message_id=message_id, text=payload["text"]
+        )
+
+    async def _message_delete(self, payload: dict[str, Any]) -> None:
+        assert self.room is not None
+        message_id = _int_field(payload, "id", minimum=1)
+        await message_update_send(message_delete, room=self.room, user=self.user, message_id=message_id)
+
+    async def _read(self, payload: dict[str, Any]) -> None:
+        assert self.room is not None
+        seq = _int_field(payload, "seq", minimum=0)
+        await db_run(read_mark, room=self.room, user=self.user, seq=seq)
 
     async def _typing(self, payload: dict[str, Any]) -> None:
         assert self.room is not None
@@ -553,6 +590,8 @@ class RoomConsumer(AsyncWebsocketConsumer):
             frame = self._room_event_frame(message)
             if frame is not None:
                 await self._frame_write(frame)
+        elif kind == events.USER_NOTIFY:
+            await self._frame_write(message["frame"])
         elif kind == events.USER_SESSION_END:
             if message.get("session_key") and message["session_key"] == self.session_key:
                 await self.close(code=events.CLOSE_NOT_AUTHENTICATED)
@@ -610,4 +649,6 @@ class RoomConsumer(AsyncWebsocketConsumer):
                 return None
         elif kind == events.ASSISTANT_END and event["reply_id"] in self.hello_final_ids:
             return None
+        # message.update is never dropped: an edit after hello is news, and
+        # applying the same state twice changes nothing.
         return event["frame"]

@@ -23,6 +23,8 @@ from .models import Message
 # Server -> client frame types.
 HELLO = "hello"
 MESSAGE = "message"
+MESSAGE_UPDATE = "message.update"
+NOTIFY = "notify"
 PRESENCE = "presence"
 TYPING = "typing"
 HISTORY = "history"
@@ -37,6 +39,9 @@ CHUNK = "chunk"
 
 # Client -> server frame types.
 MESSAGE_SEND = "message.send"
+MESSAGE_EDIT = "message.edit"
+MESSAGE_DELETE = "message.delete"
+READ = "read"
 TYPING_SET = "typing"
 HISTORY_FETCH = "history.fetch"
 ASSISTANT_CANCEL = "assistant.cancel"
@@ -51,6 +56,7 @@ RATE_LIMITED = "rate_limited"
 NOT_FOUND = "not_found"
 UNAVAILABLE = "unavailable"
 INTERNAL = "internal"
+FORBIDDEN = "forbidden"
 
 # Close codes (autobahn lets an application send only 1000 and 3000-4999).
 CLOSE_NOT_AUTHENTICATED = 4401
@@ -63,7 +69,7 @@ CLOSE_UNAVAILABLE = 4503
 # --- Between processes ------------------------------------------------------
 # Messages on the channel layer. Room groups carry ROOM_EVENT envelopes (and
 # ROOM_ACCESS / ROOM_DELETED); user groups carry the access changes; the
-# control group carries REPLY_CANCEL; each process's own group carries
+# control group carries REPLY_CANCEL; user groups carry USER_NOTIFY too; each process's own group carries
 # HEALTH_ECHO.
 ROOM_EVENT = "room.event"
 ROOM_ACCESS = "room.access"
@@ -71,6 +77,7 @@ ROOM_DELETED = "room.deleted"
 USER_SESSION_END = "user.session_end"
 USER_ACCESS = "user.access"
 USER_REMOVED = "user.removed"
+USER_NOTIFY = "user.notify"
 REPLY_CANCEL = "reply.cancel"
 HEALTH_ECHO = "health.echo"
 
@@ -98,6 +105,10 @@ def message_payload(message: Message) -> dict[str, Any]:
         "html": message.html,
         "created": message.created.isoformat(),
         "status": message.status,
+        "edited": message.edited.isoformat() if message.edited else None,
+        "deleted": message.deleted,
+        "reply_to": quote_payload(message.reply_to) if message.reply_to_id else None,
+        "mentions": message.mentions,
     }
     if message.role == Message.Role.ASSISTANT:
         payload["in_reply_to"] = message.in_reply_to_id
@@ -109,6 +120,20 @@ def message_payload(message: Message) -> dict[str, Any]:
         if message.finish_reason:
             payload["finish_reason"] = message.finish_reason
     return payload
+
+
+EXCERPT_CHARS = 140
+
+
+def excerpt(text: str) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= EXCERPT_CHARS else flat[: EXCERPT_CHARS - 1] + "…"
+
+
+def quote_payload(quoted: Message | None) -> dict[str, Any] | None:
+    if quoted is None:
+        return None
+    return {"id": quoted.id, "author": quoted.author_name, "excerpt": "" if quoted.deleted else excerpt(quoted.text)}
 
 
 def streaming_payload(reply: Message) -> dict[str, Any]:
@@ -192,6 +217,8 @@ def hello_frame(
     username: str,
     presence: list[str],
     presence_version: int,
+    last_read_seq: int,
+    moderator: bool,
     messages: list[Message],
     streaming: list[Message],
     truncated: bool,
@@ -209,9 +236,10 @@ def hello_frame(
     head: dict[str, Any] = {
         "type": HELLO,
         "room": {"slug": room_slug, "name": room_name, "assistant": assistant_name},
-        "user": {"username": username},
+        "user": {"username": username, "moderator": moderator},
         "presence": presence,
         "presence_version": presence_version,
+        "last_read_seq": last_read_seq,
         "streaming": [streaming_payload(r) for r in streaming],
     }
     budget = limit - utf8_len(dumps(head)) - 64
@@ -224,6 +252,26 @@ def hello_frame(
 
 def message_frame(message: Message) -> str:
     return dumps({"type": MESSAGE, "message": message_payload(message)})
+
+
+def message_update_frame(message: Message) -> str:
+    return dumps({"type": MESSAGE_UPDATE, "message": message_payload(message)})
+
+
+def notify_frame(room: Any, message: Message) -> str:
+    return dumps(
+        {
+            "type": NOTIFY,
+            "kind": "mention",
+            "room": {"slug": room.slug, "name": room.name},
+            "message": {
+                "id": message.id,
+                "seq": message.seq,
+                "author": message.author_name,
+                "excerpt": excerpt(message.text),
+            },
+        }
+    )
 
 
 def presence_frame(users: list[str], version: int) -> str:

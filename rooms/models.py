@@ -49,9 +49,19 @@ class Room(models.Model):
 
 
 class Membership(models.Model):
+    class Role(models.TextChoices):
+        MEMBER = "member"
+        MODERATOR = "moderator"
+
     room = models.ForeignKey(Room, on_delete=models.CASCADE, related_name="memberships")
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")
     joined = models.DateTimeField(default=timezone.now, editable=False)
+    role = models.CharField(
+        max_length=16,
+        choices=Role.choices,
+        default=Role.MEMBER,
+        help_text="Moderators may edit and delete anyone's messages in the room.",
+    )
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["room", "user"], name="membership_unique")]
@@ -113,6 +123,18 @@ class Message(models.Model):
     finished = models.DateTimeField(null=True, blank=True)
     context_ids = models.JSONField(default=list, blank=True, help_text="Messages the model was shown.")
 
+    # Edits and deletes. A deleted message keeps its row (id, seq) with empty text.
+    edited = models.DateTimeField(null=True, blank=True, editable=False)
+    deleted = models.BooleanField(default=False, editable=False)
+    # The room's last seq when this row last changed after its creation (an edit,
+    # a delete): a tab resuming after message N gets the rows changed since N
+    # was the newest, whatever their own seq. Taken under the room lock.
+    change_mark = models.PositiveBigIntegerField(default=0, editable=False)
+    # The message this one quotes ("reply to"); for assistant replies see in_reply_to.
+    reply_to = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    # Usernames mentioned with @name (existing users at the time of writing).
+    mentions = models.JSONField(default=list, blank=True, editable=False)
+
     class Meta:
         ordering = ["seq"]
         constraints = [
@@ -125,9 +147,25 @@ class Message(models.Model):
         ]
         indexes = [
             models.Index(fields=["room", "id"], name="message_room_id"),
+            models.Index(fields=["room", "change_mark"], name="message_room_change"),
             models.Index(fields=["status"], name="message_status", condition=models.Q(status="streaming")),
             models.Index(fields=["reply_state"], name="message_reply_state", condition=~models.Q(reply_state="")),
         ]
 
     def __str__(self) -> str:
         return f"{self.room.slug}#{self.seq} {self.author_name}"
+
+
+class RoomRead(models.Model):
+    """How far a user has read a room (any of their tabs, any device)."""
+
+    room = models.ForeignKey(Room, on_delete=models.CASCADE, related_name="reads")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="room_reads")
+    last_read_seq = models.PositiveBigIntegerField(default=0)
+    updated = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["room", "user"], name="roomread_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.user} read {self.room} to {self.last_read_seq}"

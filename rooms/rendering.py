@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import nh3
 import pygments
 from markdown_it import MarkdownIt
 from markdown_it.common.utils import escapeHtml
 from markdown_it.renderer import RendererHTML
+from markdown_it.rules_core import StateCore
 from markdown_it.token import Token
 from markdown_it.utils import EnvType, OptionsDict
 from pygments import highlight as pygments_highlight
@@ -28,6 +29,11 @@ from pygments.lexer import Lexer
 from pygments.lexers import get_lexer_by_name
 from pygments.token import STANDARD_TYPES
 from pygments.util import ClassNotFound
+
+# Class of the <span> around an @mention of an existing user.
+MENTION_CSS_CLASS = "mention"
+# How an @mention is written: a username (Django's characters) after a non-word character.
+MENTION_RE = re.compile(r"(?<![\w@])@([\w.@+-]+)")
 
 # Class on every <pre> holding code; rooms/static/rooms/highlight.css is generated for it
 # by highlight_css() in the Pygments style below (a light one that reads well on white).
@@ -89,7 +95,7 @@ _CLEANER = nh3.Cleaner(
     },
     # A chat page must not navigate away from its own socket when a link is clicked.
     set_tag_attribute_values={"a": {"target": "_blank"}},
-    allowed_classes={"span": set(_TOKEN_CLASSES), "pre": {CODE_CSS_CLASS}},
+    allowed_classes={"span": {*_TOKEN_CLASSES, MENTION_CSS_CLASS}, "pre": {CODE_CSS_CLASS}},
     link_rel="nofollow noopener noreferrer",
     url_schemes={"http", "https", "mailto"},
     # Relative and scheme-relative links ("/logout", "//evil.example") have no place in a message.
@@ -184,6 +190,115 @@ def _heading_render(
     return self.renderToken(tokens, idx, options, env)
 
 
+def _mentions_mark(state: StateCore) -> None:
+    """Turn ``@name`` in plain text into a mention token, for the names in
+    ``env["mentions"]`` (lower-cased): not inside links or code."""
+    wanted = state.env.get("mentions") if isinstance(state.env, dict) else None
+    if not wanted:
+        return
+    for block in state.tokens:
+        if block.type != "inline" or not block.children:
+            continue
+        children: list[Token] = []
+        depth = 0
+        for token in block.children:
+            if token.type == "link_open":
+                depth += 1
+            elif token.type == "link_close":
+                depth -= 1
+            if token.type != "text" or depth > 0 or "@" not in token.content:
+                children.append(token)
+                continue
+            children.extend(_mention_split(token, wanted, state.env.setdefault("found", {})))
+        block.children = children
+
+
+def _mention_split(token: Token, wanted: set[str], found: dict[str, str]) -> list[Token]:
+    out: list[Token] = []
+    text = token.content
+    last = 0
+    for match in MENTION_RE.finditer(text):
+        name = match.group(1).rstrip(".")
+        if name.lower() not in wanted:
+            continue
+        if match.start() > last:
+            out.append(_text_token(text[last : match.start()]))
+        mention = Token("mention", "span", 0)
+        mention.content = name
+        out.append(mention)
+        found.setdefault(name.lower(), name)
+        last = match.start() + 1 + len(name)
+    if not out:
+        return [token]
+    if last < len(text):
+        out.append(_text_token(text[last:]))
+    return out
+
+
+def _text_token(content: str) -> Token:
+    token = Token("text", "", 0)
+    token.content = content
+    return token
+
+
+def _mention_render(
+    self: RendererHTML,
+    tokens: Sequence[Token],
+    idx: int,
+    options: OptionsDict,
+    env: EnvType,
+) -> str:
+    return f'<span class="{MENTION_CSS_CLASS}">@{escapeHtml(tokens[idx].content)}</span>'
+
+
+def mentions_in(text: str) -> list[str]:
+    """The candidate usernames ``text`` mentions (``@name``), in order, once each."""
+    seen: dict[str, None] = {}
+    for match in MENTION_RE.finditer(text):
+        seen.setdefault(match.group(1).rstrip("."), None)
+    return list(seen)
+
+
+_FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})(.*)$")
+_INLINE_MARKERS = ("**", "__", "~~", "*", "_")
+
+
+def markdown_close(text: str) -> str:
+    """``text`` cut at an arbitrary point (a stopped reply), with what the cut
+    left open closed, so no markup characters show: an unterminated code fence
+    is closed, and on the last line a dangling emphasis or code marker is
+    closed (or dropped when nothing follows it)."""
+    fence: str | None = None
+    for line in text.split("\n"):
+        match = _FENCE.match(line)
+        if not match:
+            continue
+        marker = match.group(1)
+        if fence is None:
+            fence = marker
+        elif marker[0] == fence[0] and len(marker) >= len(fence) and not match.group(2).strip():
+            fence = None
+    if fence is not None:
+        return text.rstrip("`~ ") + "\n" + fence if text.rstrip().endswith(fence[0]) else text + "\n" + fence
+    head, _, last = text.rpartition("\n")
+    if last.count("`") % 2:
+        last = last[:-1] if last.endswith("`") else last + "`"
+    else:
+        body = last.lstrip()
+        bullet = body[:2] in ("* ", "- ", "+ ")
+        check = body[2:] if bullet else last
+        for marker in _INLINE_MARKERS:
+            stripped = check.replace("**", "") if marker in ("*",) else check
+            stripped = stripped.replace("__", "") if marker == "_" else stripped
+            if stripped.count(marker) % 2:
+                if last.rstrip().endswith(marker):
+                    last = last.rstrip()[: -len(marker)].rstrip()
+                else:
+                    last = last.rstrip() + marker
+                check = body[2:] if bullet else last
+    return f"{head}\n{last}" if head or text.startswith("\n") else last
+
+
 def _markdown_build() -> MarkdownIt:
     md = MarkdownIt(
         "commonmark",
@@ -210,6 +325,8 @@ def _markdown_build() -> MarkdownIt:
     md.add_render_rule("td_open", _cell_open_render)
     md.add_render_rule("heading_open", _heading_render)
     md.add_render_rule("heading_close", _heading_render)
+    md.core.ruler.push("mentions", _mentions_mark)
+    md.add_render_rule("mention", _mention_render)
     return md
 
 
@@ -235,8 +352,27 @@ def html_sanitize(html: str) -> str:
     return _CLEANER.clean(html)
 
 
-def message_render(text: str) -> str:
-    """Return sanitized HTML for a chat message's Markdown ``text``."""
+def message_render(text: str, mentions: Iterable[str] = (), *, cut: bool = False) -> str:
+    """Return sanitized HTML for a chat message's Markdown ``text``.
+
+    ``mentions``: usernames whose ``@name`` is shown as a mention. ``cut``: the
+    text stopped mid-way (a cancelled or failed reply): close what it left open
+    first (``markdown_close``).
+    """
+    return message_render_mentions(text, mentions, cut=cut)[0]
+
+
+def message_render_mentions(text: str, mentions: Iterable[str] = (), *, cut: bool = False) -> tuple[str, list[str]]:
+    """``message_render``, and which of ``mentions`` the text really mentions
+    (in plain text: not in code, not inside a link), in order."""
     if not text:
-        return ""
-    return html_sanitize(_MARKDOWN.render(text)).strip()
+        return "", []
+    if cut:
+        text = markdown_close(text)
+    names = {name.lower(): name for name in mentions}
+    if not names:
+        return html_sanitize(_MARKDOWN.render(text)).strip(), []
+    env: dict[str, object] = {"mentions": set(names)}
+    html = html_sanitize(_MARKDOWN.render(text, env)).strip()
+    found = env.get("found") or {}
+    return html, [names[key] for key in found if key in names]  # type: ignore[union-attr]

@@ -3,14 +3,16 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
-from django.db.models import Q, QuerySet
+from django.db.models import Count, Exists, OuterRef, Q, QuerySet, Subquery, TextField
+from django.db.models.functions import Cast, Coalesce
 
 from .access import access_check_fresh, room_can_access
-from .models import Message, Room
+from .models import Membership, Message, Room, RoomRead
 
 __all__ = ["room_can_access"]
 
@@ -29,13 +31,47 @@ def room_get_visible(slug: str, user: AbstractBaseUser) -> Room | None:
 
 
 def room_list_for_user(user: AbstractBaseUser) -> QuerySet[Room]:
-    return Room.objects.filter(Q(is_private=False) | Q(memberships__user=user)).distinct().order_by("name")
+    """The rooms ``user`` may open, each with ``unread`` (messages after their
+    last read seq, not their own, not deleted) and ``mentioned`` (an unread one
+    mentions them)."""
+    read = RoomRead.objects.filter(room=OuterRef("pk"), user=user).values("last_read_seq")[:1]
+    rooms = Room.objects.filter(Q(is_private=False) | Q(pk__in=Membership.objects.filter(user=user).values("room")))
+    rooms = rooms.annotate(read_seq=Coalesce(Subquery(read), 0))
+    unread = Message.objects.filter(room=OuterRef("pk"), seq__gt=OuterRef("read_seq"), deleted=False).exclude(
+        author=user
+    )
+    counted = (
+        unread.order_by().values("room").annotate(n=Count("pk")).values("n")  # one aggregate per room
+    )
+    # JSON containment is not portable (SQLite has none): match the quoted name in
+    # the list's text, in either escaping a backend may store.
+    name = user.get_username()
+    mentions = unread.annotate(mentions_text=Cast("mentions", TextField())).filter(
+        Q(mentions_text__contains=json.dumps(name)) | Q(mentions_text__contains=json.dumps(name, ensure_ascii=False))
+    )
+    return rooms.annotate(unread=Coalesce(Subquery(counted), 0), mentioned=Exists(mentions)).order_by("name")
+
+
+def room_may_moderate(room: Room, user: AbstractBaseUser) -> bool:
+    """Staff, or a moderator of this room: may edit and delete anyone's messages."""
+    if getattr(user, "is_staff", False):
+        return True
+    return Membership.objects.filter(room=room, user=user, role=Membership.Role.MODERATOR).exists()
+
+
+def room_last_read(room: Room, user: AbstractBaseUser) -> int:
+    return RoomRead.objects.filter(room=room, user=user).values_list("last_read_seq", flat=True).first() or 0
 
 
 def message_list_latest(room: Room, limit: int) -> list[Message]:
-    rows = list(Message.objects.filter(room=room).order_by("-seq")[:limit])
+    rows = list(_messages().filter(room=room).order_by("-seq")[:limit])
     rows.reverse()
     return rows
+
+
+def _messages() -> QuerySet[Message]:
+    # Every message sent to a client carries its quote: fetched with it, not per row.
+    return Message.objects.select_related("reply_to")
 
 
 @dataclass
@@ -51,21 +87,26 @@ def message_list_after(room: Room, after_id: int, limit: int) -> Resume:
     start can sit below ``after_id`` and have finished since: those come back too
     (clients upsert by id), as does any reply still streaming.
     """
-    rows = list(Message.objects.filter(room=room, id__gt=after_id).order_by("seq")[: limit + 1])
+    rows = list(_messages().filter(room=room, id__gt=after_id).order_by("seq")[: limit + 1])
     truncated = len(rows) > limit
     rows = rows[:limit]
-    anchor = Message.objects.filter(room=room, id=after_id).only("created").first()
+    anchor = Message.objects.filter(room=room, id=after_id).only("created", "seq").first()
     if anchor is not None:
-        late = Message.objects.filter(
-            room=room, id__lte=after_id, role=Message.Role.ASSISTANT, finished__gte=anchor.created
-        ).exclude(status=Message.Status.STREAMING)
+        # Replies that finished, and rows edited or deleted, since the client's
+        # newest message was the newest.
+        late = (
+            _messages()
+            .filter(room=room, id__lte=after_id)
+            .filter(Q(role=Message.Role.ASSISTANT, finished__gte=anchor.created) | Q(change_mark__gte=anchor.seq))
+            .exclude(status=Message.Status.STREAMING)
+        )
         seen = {m.id for m in rows}
         rows = sorted([m for m in late if m.id not in seen] + rows, key=lambda m: m.seq)
     return Resume(messages=rows, truncated=truncated)
 
 
 def message_list_before(room: Room, before_id: int, limit: int) -> tuple[list[Message], bool]:
-    rows = list(Message.objects.filter(room=room, id__lt=before_id).order_by("-seq")[: limit + 1])
+    rows = list(_messages().filter(room=room, id__lt=before_id).order_by("-seq")[: limit + 1])
     has_more = len(rows) > limit
     rows = rows[:limit]
     rows.reverse()
@@ -86,7 +127,7 @@ def history_page(room: Room, user: AbstractBaseUser, *, before: int | None, afte
 def reply_get(room: Room, user: AbstractBaseUser, reply_id: int) -> Message | None:
     """A socket's ``assistant.fetch``: an assistant reply of the room, streaming or not."""
     fresh = access_check_fresh(room.pk, user)
-    return Message.objects.filter(room=fresh, id=reply_id, role=Message.Role.ASSISTANT).first()
+    return _messages().filter(room=fresh, id=reply_id, role=Message.Role.ASSISTANT).first()
 
 
 def room_sync_state(room: Room) -> tuple[int, list[int]]:
@@ -117,7 +158,8 @@ def context_messages(room: Room, before_seq: int) -> list[Message]:
     within the context budget (oldest dropped first)."""
     budget = settings.ASSISTANT_CONTEXT_CHARS
     candidates = (
-        Message.objects.filter(room=room, seq__lte=before_seq)
+        _messages()
+        .filter(room=room, seq__lte=before_seq, deleted=False)
         .exclude(role=Message.Role.ASSISTANT, status=Message.Status.STREAMING)
         .exclude(text="")
         .order_by("-seq")[: settings.ASSISTANT_CONTEXT_MESSAGES]

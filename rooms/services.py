@@ -15,19 +15,23 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
+from asgiref.sync import async_to_sync
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, connection, models, transaction
 from django.db.models import F
+from django.db.models.functions import Lower
 from django.utils import timezone
 
 from . import events
 from .access import AccessLost, access_check
 from .db import db_run
-from .models import Membership, Message, Room
+from .models import Membership, Message, Room, RoomRead
 from .ratelimit import RateLimiterUnavailable, rate_hit
-from .realtime import group_publish, room_group
-from .rendering import message_render
+from .realtime import group_publish, group_send_safe, room_group, user_group
+from .rendering import mentions_in, message_render, message_render_mentions
+from .selectors import room_may_moderate
 
 logger = logging.getLogger(__name__)
 
@@ -132,8 +136,49 @@ def _seq_take(room: Room) -> int:
     return room.last_seq
 
 
+def mentions_resolve(room: Room, text: str, author: AbstractBaseUser | None = None) -> list[str]:
+    """The usernames ``text`` mentions that can see ``room`` (active users; the
+    members of a private room), as they are spelled, author excluded."""
+    candidates = [name.lower() for name in mentions_in(text)]
+    if not candidates:
+        return []
+    users = get_user_model().objects.filter(is_active=True)
+    users = users.annotate(lname=Lower("username")).filter(lname__in=candidates[:50])
+    if room.is_private:
+        users = users.filter(memberships__room_id=room.pk)
+    if author is not None:
+        users = users.exclude(pk=author.pk)
+    return [name for name, _ in _mention_rows(users, candidates)]
+
+
+def _mention_rows(users: models.QuerySet, candidates: list[str]) -> list[tuple[str, int]]:
+    found = {name.lower(): (name, pk) for name, pk in users.values_list("username", "pk")}
+    return [found[name] for name in dict.fromkeys(candidates) if name in found]
+
+
+def mention_user_ids(room: Room, names: list[str]) -> list[int]:
+    """The ids of the users called ``names`` who may see ``room``."""
+    if not names:
+        return []
+    users = get_user_model().objects.filter(is_active=True, username__in=names)
+    if room.is_private:
+        users = users.filter(memberships__room_id=room.pk)
+    return list(users.values_list("pk", flat=True))
+
+
+def _reply_to_get(room_id: int, reply_to: object) -> Message | None:
+    if reply_to is None:
+        return None
+    if not isinstance(reply_to, int) or isinstance(reply_to, bool) or not 0 < reply_to < 2**63:
+        raise ServiceError(events.BAD_REQUEST, "reply_to must be a message id")
+    quoted = Message.objects.filter(pk=reply_to, room_id=room_id, deleted=False).first()
+    if quoted is None:
+        raise ServiceError(events.NOT_FOUND, "the message to reply to is not in this room")
+    return quoted
+
+
 def message_create(
-    *, room: Room, user: AbstractBaseUser, text: object, client_id: object = None
+    *, room: Room, user: AbstractBaseUser, text: object, client_id: object = None, reply_to: object = None
 ) -> tuple[Message, bool]:
     """Save a user message; returns ``(message, created)``.
 
@@ -142,10 +187,11 @@ def message_create(
     """
     text, client_id = message_validate(text, client_id)
     if client_id is not None:
-        existing = Message.objects.filter(room=room, author=user, client_id=client_id).first()
+        existing = _message_by_client_id(room.pk, user.pk, client_id)
         if existing is not None:
             return existing, False
-    html = message_render(text)
+    quoted = _reply_to_get(room.pk, reply_to)
+    html, mentions = message_render_mentions(text, mentions_resolve(room, text, user))
     mentioned = message_mentions_assistant(room, text)
     try:
         with transaction.atomic():
@@ -163,6 +209,8 @@ def message_create(
                 text=text,
                 html=html,
                 client_id=client_id,
+                reply_to=quoted,
+                mentions=mentions,
                 reply_state=Message.ReplyState.PENDING if mentioned else Message.ReplyState.NONE,
                 heartbeat=timezone.now() if mentioned else None,
             )
@@ -170,11 +218,92 @@ def message_create(
         if client_id is None:
             raise
         # Two tabs retried the same client_id at once: the other one won.
-        existing = Message.objects.filter(room=room, author=user, client_id=client_id).first()
+        existing = _message_by_client_id(room.pk, user.pk, client_id)
         if existing is None:
             raise
         return existing, False
     return message, True
+
+
+def _message_for_change(
+    room_id: int, message_id: object, user: AbstractBaseUser, *, admin: bool = False
+) -> tuple[Room, Message]:
+    """The room (locked, access re-checked) and the message ``user`` may change.
+    ``admin``: the Django admin, whose own permissions already decided."""
+    if not isinstance(message_id, int) or isinstance(message_id, bool) or not 0 < message_id < 2**63:
+        raise ServiceError(events.BAD_REQUEST, "id must be a message id")
+    locked = _room_lock(room_id)
+    if not admin:
+        access_check(locked, user)
+    message = Message.objects.select_for_update().filter(pk=message_id, room_id=room_id).first()
+    if message is None:
+        raise ServiceError(events.NOT_FOUND, "no message with that id in this room")
+    own = message.role == Message.Role.USER and message.author_id == user.pk
+    if not own and not admin and not room_may_moderate(locked, user):
+        raise ServiceError(events.FORBIDDEN, "you may only change your own messages")
+    if message.deleted:
+        raise ServiceError(events.BAD_REQUEST, "that message was deleted")
+    return locked, message
+
+
+def message_edit(
+    *, room: Room, user: AbstractBaseUser, message_id: object, text: object, admin: bool = False
+) -> Message:
+    """Replace a user message's text (its author, a room moderator or staff).
+
+    Rendered and validated like a send. The assistant is not asked again, and a
+    reply it already wrote stays as it is.
+    """
+    text, _ = message_validate(text, None)
+    mentions = mentions_resolve(room, text)
+    with transaction.atomic():
+        locked, message = _message_for_change(room.pk, message_id, user, admin=admin)
+        if message.role != Message.Role.USER:
+            raise ServiceError(events.BAD_REQUEST, "only people's messages can be edited")
+        if message.author_id is not None:
+            mentions = [name for name in mentions if name != message.author_name]
+        message.text = text
+        message.html, message.mentions = message_render_mentions(text, mentions)
+        message.edited = timezone.now()
+        message.change_mark = locked.last_seq
+        message.save(update_fields=["text", "html", "mentions", "edited", "change_mark"])
+        _ = message.reply_to  # loaded here: the frame is built on the event loop
+    return message
+
+
+def message_delete(*, room: Room, user: AbstractBaseUser, message_id: object, admin: bool = False) -> Message:
+    """Delete a message (its author; a room moderator or staff: any message):
+    the row keeps its id and seq, its text and html are emptied."""
+    with transaction.atomic():
+        locked, message = _message_for_change(room.pk, message_id, user, admin=admin)
+        if message.role == Message.Role.ASSISTANT and message.status == Message.Status.STREAMING:
+            raise ServiceError(events.BAD_REQUEST, "stop the reply before deleting it")
+        message.text = ""
+        message.html = ""
+        message.mentions = []
+        message.deleted = True
+        message.edited = timezone.now()
+        message.change_mark = locked.last_seq
+        message.save(update_fields=["text", "html", "mentions", "deleted", "edited", "change_mark"])
+        _ = message.reply_to  # loaded here: the frame is built on the event loop
+    return message
+
+
+def read_mark(*, room: Room, user: AbstractBaseUser, seq: object) -> int:
+    """Record that ``user`` has read ``room`` up to ``seq`` (never backwards);
+    returns the last read seq now stored."""
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
+        raise ServiceError(events.BAD_REQUEST, "seq must be a non-negative integer")
+    fresh = Room.objects.filter(pk=room.pk).only("last_seq", "is_private").first()
+    if fresh is None:
+        raise AccessLost("gone")
+    access_check(fresh, user)
+    seq = min(seq, fresh.last_seq)
+    read, created = RoomRead.objects.get_or_create(room_id=room.pk, user_id=user.pk, defaults={"last_read_seq": seq})
+    if not created and seq > read.last_read_seq:
+        RoomRead.objects.filter(pk=read.pk, last_read_seq__lt=seq).update(last_read_seq=seq)
+        return seq
+    return read.last_read_seq
 
 
 def _queue_room_check(room: Room) -> None:
@@ -190,7 +319,11 @@ def _queue_room_check(room: Room) -> None:
 
 
 def _message_by_client_id(room_id: int, user_id: int, client_id: str) -> Message | None:
-    return Message.objects.filter(room_id=room_id, author_id=user_id, client_id=client_id).first()
+    return (
+        Message.objects.select_related("reply_to")
+        .filter(room_id=room_id, author_id=user_id, client_id=client_id)
+        .first()
+    )
 
 
 async def message_send(
@@ -199,10 +332,11 @@ async def message_send(
     user: AbstractBaseUser,
     text: object,
     client_id: object = None,
+    reply_to: object = None,
     on_saved: Callable[[Message], Awaitable[None]] | None = None,
     announce_existing: bool = False,
 ) -> tuple[Message, bool]:
-    """Persist a user message, then tell the room.
+    """Persist a user message, then tell the room (and notify who it mentions).
 
     ``on_saved`` runs after the commit and before the broadcast: the sender's
     acknowledgement, which must not wait on (or race with) the channel layer.
@@ -235,7 +369,9 @@ async def message_send(
             raise ServiceError(
                 events.RATE_LIMITED, f"@{room.assistant_name} is busy with your earlier requests; try again in a minute"
             )
-    message, created = await db_run(message_create, room=room, user=user, text=text, client_id=client_id)
+    message, created = await db_run(
+        message_create, room=room, user=user, text=text, client_id=client_id, reply_to=reply_to
+    )
     if on_saved is not None:
         await on_saved(message)
     if created or announce_existing:
@@ -244,7 +380,44 @@ async def message_send(
         group_publish(
             room_group(room.pk), events.envelope(events.message_frame(message), events.MESSAGE, id=message.id)
         )
+    if created and message.mentions:
+        await _mentions_notify(room, message)
     return message, created
+
+
+async def _mentions_notify(room: Room, message: Message) -> None:
+    try:
+        user_ids = await db_run(mention_user_ids, room, list(message.mentions))
+    except Exception as exc:  # noqa: BLE001 - a notification is a courtesy; the message is saved
+        logger.info("mention notifications skipped: %s", type(exc).__name__)
+        return
+    frame = events.notify_frame(room, message)
+    for user_id in user_ids:
+        if user_id != message.author_id:
+            group_publish(user_group(user_id), {"type": events.USER_NOTIFY, "frame": frame})
+
+
+def message_change_announce(message: Message) -> None:
+    """Tell the room about an edit or delete made outside a socket (the admin),
+    once the change has committed."""
+    envelope = events.envelope(events.message_update_frame(message), events.MESSAGE_UPDATE, id=message.id)
+    envelope["group"] = room_group(message.room_id)
+
+    def send() -> None:
+        async_to_sync(group_send_safe)(room_group(message.room_id), envelope)
+
+    transaction.on_commit(send)
+
+
+async def message_update_send(
+    change: Callable[..., Message], *, room: Room, user: AbstractBaseUser, **fields: object
+) -> Message:
+    """Run ``message_edit`` or ``message_delete``, then tell the room."""
+    message = await db_run(change, room=room, user=user, **fields)
+    group_publish(
+        room_group(room.pk), events.envelope(events.message_update_frame(message), events.MESSAGE_UPDATE, id=message.id)
+    )
+    return message
 
 
 # --- Assistant replies ------------------------------------------------------
@@ -384,7 +557,7 @@ def reply_finish(reply_id: int, outcome: ReplyOutcome) -> Message | None:
         updated = Message.objects.filter(pk=reply_id, status=Message.Status.STREAMING).update(
             status=outcome.status,
             text=outcome.text,
-            html=message_render(outcome.text) if outcome.text else "",
+            html=message_render(outcome.text, cut=outcome.status != Message.Status.COMPLETE) if outcome.text else "",
             stream_seq=outcome.stream_seq,
             model=outcome.model or F("model"),
             prompt_tokens=outcome.prompt_tokens,

@@ -50,7 +50,7 @@ async def test_hello_then_messages_reach_every_tab(make_user, make_room):
     room = await mk(make_room)("lobby")
     a1, hello = await open_socket(alice, room.slug)
     assert hello["type"] == "hello"
-    assert hello["room"]["slug"] == "lobby" and hello["user"] == {"username": "alice"}
+    assert hello["room"]["slug"] == "lobby" and hello["user"] == {"username": "alice", "moderator": False}
     assert hello["messages"] == [] and hello["streaming"] == [] and hello["presence"] == ["alice"]
     a2, _ = await open_socket(alice, room.slug)
     b1, hello_b = await open_socket(bob, room.slug)
