@@ -1,6 +1,13 @@
-from django.contrib import admin
+from __future__ import annotations
 
-from .models import Membership, Message, Room
+from typing import Any
+
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
+
+from . import services
+from .models import Membership, Message, Room, RoomRead
 
 
 class MembershipInline(admin.TabularInline):
@@ -8,6 +15,7 @@ class MembershipInline(admin.TabularInline):
     extra = 0
     autocomplete_fields = ["user"]
     readonly_fields = ["joined"]
+    fields = ["user", "role", "joined"]
 
 
 @admin.register(Room)
@@ -38,8 +46,8 @@ class RoomAdmin(admin.ModelAdmin):
 
 @admin.register(Membership)
 class MembershipAdmin(admin.ModelAdmin):
-    list_display = ["room", "user", "joined"]
-    list_filter = ["room"]
+    list_display = ["room", "user", "role", "joined"]
+    list_filter = ["room", "role"]
     search_fields = ["room__name", "room__slug", "user__username"]
     autocomplete_fields = ["room", "user"]
     readonly_fields = ["joined"]
@@ -47,11 +55,22 @@ class MembershipAdmin(admin.ModelAdmin):
 
 @admin.register(Message)
 class MessageAdmin(admin.ModelAdmin):
-    list_display = ["room", "seq", "author_name", "role", "status", "short_text", "created"]
-    list_filter = ["role", "status", "room"]
+    """Messages are written by people and the assistant, never added here; an
+    edit of the text and a delete go through the same service as a socket's, so
+    every open tab is told (message.update)."""
+
+    list_display = ["room", "seq", "author_name", "role", "status", "short_text", "edited", "deleted", "created"]
+    list_filter = [
+        "room",
+        ("author", admin.RelatedOnlyFieldListFilter),
+        "role",
+        "status",
+        "deleted",
+    ]
     search_fields = ["text", "author_name", "room__slug"]
     date_hierarchy = "created"
     list_select_related = ["room"]
+    actions = ["delete_for_everyone"]
     readonly_fields = [
         "room",
         "seq",
@@ -60,7 +79,11 @@ class MessageAdmin(admin.ModelAdmin):
         "role",
         "client_id",
         "created",
+        "edited",
+        "deleted",
         "html",
+        "reply_to",
+        "mentions",
         "reply_state",
         "heartbeat",
         "in_reply_to",
@@ -78,6 +101,56 @@ class MessageAdmin(admin.ModelAdmin):
         "context_ids",
     ]
 
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Message | None = None) -> bool:
+        # Rows are never removed (a hole in a room's seq); see delete_for_everyone.
+        return False
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Message | None = None) -> list[str]:
+        fields = list(self.readonly_fields)
+        if obj is not None and (obj.role != Message.Role.USER or obj.deleted):
+            fields.append("text")
+        return fields
+
+    def get_fields(self, request: HttpRequest, obj: Message | None = None) -> list[str]:
+        return ["text", *[f for f in self.readonly_fields if f != "text"]]
+
+    def save_model(self, request: HttpRequest, obj: Message, form: Any, change: bool) -> None:
+        if not change or "text" not in form.changed_data:
+            return
+        edited = services.message_edit(room=obj.room, user=request.user, message_id=obj.pk, text=obj.text, admin=True)
+        services.message_change_announce(edited)
+
+    @admin.action(description="Delete the selected messages for everyone")
+    def delete_for_everyone(self, request: HttpRequest, queryset: QuerySet[Message]) -> None:
+        count = 0
+        for message in queryset.select_related("room"):
+            if message.deleted:
+                continue
+            try:
+                deleted = services.message_delete(
+                    room=message.room, user=request.user, message_id=message.pk, admin=True
+                )
+            except services.ServiceError as exc:
+                self.message_user(request, f"#{message.seq} in {message.room}: {exc.detail}", messages.WARNING)
+                continue
+            services.message_change_announce(deleted)
+            count += 1
+        self.message_user(request, f"Deleted {count} message(s) for everyone.")
+
     @admin.display(description="text")
     def short_text(self, obj: Message) -> str:
-        return obj.text[:80]
+        return "(deleted)" if obj.deleted else obj.text[:80]
+
+
+@admin.register(RoomRead)
+class RoomReadAdmin(admin.ModelAdmin):
+    list_display = ["room", "user", "last_read_seq", "updated"]
+    list_filter = ["room"]
+    search_fields = ["room__slug", "user__username"]
+    readonly_fields = ["room", "user", "last_read_seq", "updated"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
