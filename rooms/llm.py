@@ -257,7 +257,10 @@ def _demo_gist(messages: list[dict[str, str]]) -> str:
         (m.get("content", "") for m in reversed(messages) if m.get("role") == "user"),
         "",
     )
-    gist = " ".join(str(last).split())
+    # The room's context prefixes each message with its author ("ben: @assistant
+    # hi"); the person asked "hi".
+    gist = re.sub(r"^[\w.@+-]+: ", "", " ".join(str(last).split()))
+    gist = re.sub(r"^(@[\w.@+-]+[,:]?\s*)+", "", gist)
     if len(gist) > DEMO_GIST_CHARS:
         gist = gist[: DEMO_GIST_CHARS - 1].rstrip() + "…"
     return gist or "(nothing)"
