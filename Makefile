@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | sha1sum | cut -c1-12)
 
-.PHONY: run test test-fast test-faults lint format bench bench-quick stack system-deps check-deploy clean
+.PHONY: superuser run test test-fast test-faults lint format bench bench-quick stack system-deps check-deploy clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,7 +19,16 @@ venv: $(STAMP)
 run: $(STAMP)
 	DJANGO_DEBUG=$${DJANGO_DEBUG:-1} $(PY) manage.py migrate --noinput
 	DJANGO_DEBUG=$${DJANGO_DEBUG:-1} $(PY) manage.py createroom demo --name "Demo room"
+	@echo ""
+	@echo "  Chatsite is listening on http://127.0.0.1:$${PORT:-8000}/  (Ctrl-C stops it)"
+	@echo "  Sign up there, open the demo room and type: @assistant hello"
+	@echo ""
 	DJANGO_DEBUG=$${DJANGO_DEBUG:-1} $(PY) -m daphne -b 127.0.0.1 -p $${PORT:-8000} chatsite.asgi:application
+
+# An admin account for /admin/ on the `make run` database.
+superuser: $(STAMP)
+	DJANGO_DEBUG=$${DJANGO_DEBUG:-1} $(PY) manage.py migrate --noinput
+	DJANGO_DEBUG=$${DJANGO_DEBUG:-1} $(PY) manage.py createsuperuser
 
 # Browsers and nginx for the browser and multi-process tests (Debian packages
 # here, since browser downloads are blocked; playwright's own elsewhere).

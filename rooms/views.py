@@ -17,6 +17,7 @@ from django.db import connection
 from django.forms.utils import ErrorDict
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
+from django.templatetags.static import static
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods
 
@@ -161,6 +162,12 @@ def room_detail(request: HttpRequest, slug: str) -> HttpResponse:
         "maxChars": settings.CHAT_MAX_MESSAGE_CHARS,
     }
     return render(request, "rooms/room_detail.html", {"room": room, "config": config})
+
+
+def favicon(request: HttpRequest) -> HttpResponse:
+    """Browsers ask for /favicon.ico whatever the page says: point them at the
+    static icon (a 404 here is a console error on every first page)."""
+    return redirect(static("rooms/favicon.png"), permanent=False)
 
 
 @never_cache
