@@ -121,6 +121,8 @@ class RoomConsumer(AsyncWebsocketConsumer):
     acked_ids: set[int] | None = None
     # client_ids whose send failed with the database's outcome unknown.
     unsure_ids: set[str] | None = None
+    # The client takes presence as deltas (?presence=delta) rather than whole lists.
+    presence_deltas: bool = False
     # What hello held, to drop the live copies of it (empty for most sockets).
     hello_max_id: int = 0
     hello_stream_seq: dict[int, int] = {}  # replaced per instance, never mutated
@@ -191,6 +193,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
             await self._refuse(events.CLOSE_UNAVAILABLE)
             return
         after, after_error = self._after_param()
+        self.presence_deltas = b"presence=delta" in self.scope.get("query_string", b"")
 
         try:
             # Join before reading the snapshot: anything committed after the read
@@ -431,6 +434,13 @@ class RoomConsumer(AsyncWebsocketConsumer):
             await self._message_delete(payload)
         elif kind == events.READ:
             await self._read(payload)
+        elif kind == events.PRESENCE_FETCH:
+            assert self.room is not None
+            try:
+                users, version = await presence.presence_snapshot(self.room.pk)
+            except Exception as exc:
+                raise BadFrame(events.UNAVAILABLE, "presence is unavailable for a moment") from exc
+            await self.send(text_data=events.presence_frame(users, version))
         elif kind == events.PING:
             assert self.room is not None
             last_seq, streaming = await db_run(selectors.room_sync_state, self.room)
@@ -641,6 +651,8 @@ class RoomConsumer(AsyncWebsocketConsumer):
         elif kind == events.TYPING:
             if event["username"] == self.username:
                 return None
+        elif kind == events.PRESENCE and self.presence_deltas:
+            return event["delta"]
         elif kind == events.ASSISTANT_START:
             if event["reply_id"] in self.hello_stream_seq or event["reply_id"] in self.hello_final_ids:
                 return None

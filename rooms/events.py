@@ -26,6 +26,7 @@ MESSAGE = "message"
 MESSAGE_UPDATE = "message.update"
 NOTIFY = "notify"
 PRESENCE = "presence"
+PRESENCE_DELTA = "presence.delta"
 TYPING = "typing"
 HISTORY = "history"
 ERROR = "error"
@@ -46,6 +47,7 @@ TYPING_SET = "typing"
 HISTORY_FETCH = "history.fetch"
 ASSISTANT_CANCEL = "assistant.cancel"
 ASSISTANT_FETCH = "assistant.fetch"
+PRESENCE_FETCH = "presence.fetch"
 PING = "ping"
 
 # Error codes.
@@ -276,6 +278,10 @@ def notify_frame(room: Any, message: Message) -> str:
 
 def presence_frame(users: list[str], version: int) -> str:
     return dumps({"type": PRESENCE, "users": users, "version": version})
+
+
+def presence_delta_frame(since: int, version: int, joined: list[str], left: list[str]) -> str:
+    return dumps({"type": PRESENCE_DELTA, "since": since, "version": version, "joined": joined, "left": left})
 
 
 def typing_frame(username: str, active: bool) -> str:

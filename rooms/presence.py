@@ -9,12 +9,17 @@ missing (Redis restarted empty) and prunes entries nobody refreshed: a process
 killed with ``kill -9`` never says goodbye, so its sockets age out within
 PRESENCE_TTL_SECONDS + PRESENCE_REFRESH_SECONDS.
 
-Ordering: publishes from two processes can cross on the way to a client, so
-every ``presence`` frame carries a ``version`` taken in the same Redis
-transaction as the list it carries; clients apply a frame only if its version
-is newer than the one they hold (``hello`` gives the starting one). Changes of
-a room are announced at most every PRESENCE_COALESCE_MS per process: a burst of
-joins is one frame.
+What clients are told: Redis keeps, per room, the set of users last announced
+and its version. An announcement (a Lua script, so atomic across processes)
+compares that set with the live entries, stores the new set, bumps the version
+and returns who joined and who left. Clients that asked for deltas
+(``?presence=delta``) get ``presence.delta`` ``{since, version, joined, left}``
+— a join costs every socket a few bytes, not the room's whole list — and
+older clients the whole list as ``presence`` with its ``version``. ``hello``
+carries the announced set and its version, so the deltas that follow continue
+it exactly; publishes from two processes can cross, and the versions order
+them. Changes of a room are announced at most every PRESENCE_COALESCE_MS per
+process: a burst of joins is one frame.
 
 Every Redis call here is bounded by REDIS_HANDLER_TIMEOUT: a connect during a
 Redis stall is refused (4503) rather than left waiting.
@@ -47,9 +52,11 @@ class Joined:
     version: int
 
 
-# Single-process fallback (no Redis): key -> {entry: expiry}, room -> version.
+# Single-process fallback (no Redis): key -> {entry: expiry}; room -> version;
+# room -> users last announced.
 _local: dict[str, dict[str, float]] = {}
 _local_versions: dict[int, int] = {}
+_local_shown: dict[int, set[str]] = {}
 # This process's sockets: room id -> {entry}; user id -> {socket id}.
 _mine: dict[int, set[str]] = {}
 _mine_sockets: dict[int, set[str]] = {}
@@ -73,6 +80,41 @@ def _key(room_id: int) -> str:
 
 def _version_key(room_id: int) -> str:
     return f"chat:presence:v:{room_id}"
+
+
+def _shown_key(room_id: int) -> str:
+    return f"chat:presence:shown:{room_id}"
+
+
+# KEYS: entries, shown set, version. ARGV: now, key ttl.
+# Returns {version, joined, left, users}; the version only moves on a change.
+_ANNOUNCE_LUA = """
+local entries = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], '+inf')
+local live = {}
+for _, entry in ipairs(entries) do
+  live[string.match(entry, '^(.*)|[^|]*$')] = true
+end
+local shown = {}
+local joined, left = {}, {}
+for _, name in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  shown[name] = true
+  if not live[name] then table.insert(left, name) end
+end
+local users = {}
+for name, _ in pairs(live) do
+  table.insert(users, name)
+  if not shown[name] then table.insert(joined, name) end
+end
+local version = tonumber(redis.call('GET', KEYS[3]) or '0')
+if #joined > 0 or #left > 0 then
+  if #left > 0 then redis.call('SREM', KEYS[2], unpack(left)) end
+  if #joined > 0 then redis.call('SADD', KEYS[2], unpack(joined)) end
+  version = redis.call('INCR', KEYS[3])
+end
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+redis.call('EXPIRE', KEYS[3], ARGV[2])
+return {version, joined, left, users}
+"""
 
 
 def _user_key(user_id: int) -> str:
@@ -114,6 +156,7 @@ async def presence_join(room_id: int, user_id: int, username: str, socket_id: st
         before = _users([e for e, exp in room.items() if exp > now])
         room[entry] = expires
         version = _local_versions.get(room_id, 0)
+        shown = set(_local_shown.get(room_id, ()))
     else:
         async with client.pipeline(transaction=True) as pipe:
             pipe.zremrangebyscore(_user_key(user_id), "-inf", now)
@@ -124,7 +167,8 @@ async def presence_join(room_id: int, user_id: int, username: str, socket_id: st
             pipe.zadd(_key(room_id), {entry: expires})
             pipe.expire(_key(room_id), settings.PRESENCE_TTL_SECONDS * 2)
             pipe.get(_version_key(room_id))
-            _, _, count, _, entries, _, _, version = await _bounded(pipe.execute())
+            pipe.smembers(_shown_key(room_id))
+            _, _, count, _, entries, _, _, version, shown = await _bounded(pipe.execute())
         if cap and int(count) > cap:
             async with client.pipeline(transaction=True) as pipe:
                 pipe.zrem(_user_key(user_id), socket_id)
@@ -138,7 +182,9 @@ async def presence_join(room_id: int, user_id: int, username: str, socket_id: st
     _keeper_ensure()
     if username not in before:
         presence_changed(room_id)
-    return Joined(users=sorted({*before, username}), version=version)
+    # The announced set at that version (deltas continue it), and the joiner,
+    # who is announced with the next delta.
+    return Joined(users=sorted({*shown, username}), version=version)
 
 
 async def presence_leave(room_id: int, user_id: int, username: str, socket_id: str) -> None:
@@ -208,21 +254,47 @@ async def _announcer_run() -> None:
 
 
 async def presence_announce(room_id: int) -> None:
-    """Publish the room's users with a new version, read in one transaction."""
+    """Publish what changed in the room's users since the last announcement,
+    as a delta and as the whole list (for clients that take no deltas)."""
     now = time.time()
     client = kv_client()
     if client is None:
-        version = _local_versions[room_id] = _local_versions.get(room_id, 0) + 1
         entries = _local.get(_key(room_id), {})
-        users = _users([e for e, exp in entries.items() if exp > now])
+        live = set(_users([e for e, exp in entries.items() if exp > now]))
+        shown = _local_shown.setdefault(room_id, set())
+        joined, left = sorted(live - shown), sorted(shown - live)
+        if joined or left:
+            _local_versions[room_id] = _local_versions.get(room_id, 0) + 1
+            _local_shown[room_id] = live
+        version, users = _local_versions.get(room_id, 0), sorted(live)
     else:
-        async with client.pipeline(transaction=True) as pipe:
-            pipe.incr(_version_key(room_id))
-            pipe.expire(_version_key(room_id), settings.PRESENCE_TTL_SECONDS * 2)
-            pipe.zrangebyscore(_key(room_id), now, "+inf")
-            version, _, entries = await _bounded(pipe.execute())
-        users = _users(entries)
-    group_publish(room_group(room_id), events.envelope(events.presence_frame(users, int(version)), events.PRESENCE))
+        script = client.register_script(_ANNOUNCE_LUA)
+        keys = [_key(room_id), _shown_key(room_id), _version_key(room_id)]
+        version, joined, left, users = await _bounded(script(keys=keys, args=[now, settings.PRESENCE_TTL_SECONDS * 2]))
+        joined, left, users = sorted(joined), sorted(left), sorted(users)
+    if not joined and not left:
+        return
+    version = int(version)
+    group_publish(
+        room_group(room_id),
+        events.envelope(
+            events.presence_frame(users, version),
+            events.PRESENCE,
+            delta=events.presence_delta_frame(version - 1, version, joined, left),
+        ),
+    )
+
+
+async def presence_snapshot(room_id: int) -> tuple[list[str], int]:
+    """The announced users and their version (for a client that lost a delta)."""
+    client = kv_client()
+    if client is None:
+        return sorted(_local_shown.get(room_id, ())), _local_versions.get(room_id, 0)
+    async with client.pipeline(transaction=True) as pipe:
+        pipe.smembers(_shown_key(room_id))
+        pipe.get(_version_key(room_id))
+        shown, version = await _bounded(pipe.execute())
+    return sorted(shown), int(version or 0)
 
 
 def _keeper_ensure() -> None:

@@ -4,6 +4,7 @@ in-memory channel layer and a real (transactional) database."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 
 import pytest
@@ -289,11 +290,45 @@ async def test_presence_of_a_dead_process_ages_out(make_user, make_room, setting
     room = await mk(make_room)("ghosts")
     a1, _ = await open_socket(alice, room.slug)
     await next_of(a1, "presence")
-    # An entry written by another process that has since died.
-    presence._local.setdefault(f"chat:presence:{room.pk}", {})["ghost|dead-socket"] = time.time() - 1
+    # An entry written by another process, announced, and then that process died.
+    entries = presence._local.setdefault(f"chat:presence:{room.pk}", {})
+    entries["ghost|dead-socket"] = time.time() + 60
+    await presence.presence_announce(room.pk)
+    assert (await next_of(a1, "presence"))["users"] == ["alice", "ghost"]
+    entries["ghost|dead-socket"] = time.time() - 1
     await presence.presence_refresh()
     assert (await next_of(a1, "presence"))["users"] == ["alice"]
     await a1.disconnect()
+
+
+async def test_presence_deltas_cost_a_few_bytes_per_join(make_user, make_room):
+    """A client that asks for deltas (?presence=delta) gets who joined and who
+    left, numbered so they continue its hello exactly; others get whole lists."""
+    alice, bob, carol = await mk(make_user)("alice"), await mk(make_user)("bob"), await mk(make_user)("carol")
+    room = await mk(make_room)("deltas")
+    a1, hello = await open_socket(alice, room.slug, query="presence=delta")
+    assert hello["presence"] == ["alice"]
+    first = await next_of(a1, "presence.delta")
+    assert first["joined"] == ["alice"] and first["left"] == [] and first["since"] == hello["presence_version"]
+    old_style, _ = await open_socket(carol, room.slug)
+    b1, _ = await open_socket(bob, room.slug, query="presence=delta")
+    seen = [first]
+    while [n for d in seen for n in d["joined"]].count("bob") == 0:
+        seen.append(await next_of(a1, "presence.delta"))
+    for earlier, later in itertools.pairwise(seen):
+        assert later["since"] == earlier["version"]
+    assert "alice" not in [n for d in seen[1:] for n in d["joined"]], "a delta names only the change"
+    whole = await next_of(old_style, "presence")
+    assert "carol" in whole["users"]
+    await b1.disconnect()
+    gone = await next_of(a1, "presence.delta")
+    assert gone["left"] == ["bob"] and gone["joined"] == [] and gone["since"] == seen[-1]["version"]
+    # A client that lost one asks for the whole set.
+    await a1.send_json_to({"type": "presence.fetch"})
+    snapshot = await next_of(a1, "presence")
+    assert snapshot["users"] == ["alice", "carol"] and snapshot["version"] == gone["version"]
+    for tab in (a1, old_style):
+        await tab.disconnect()
 
 
 async def test_typing_flood_is_not_amplified(make_user, make_room):

@@ -82,6 +82,8 @@ class Tab:
         self.streams: dict[int, dict[str, Any]] = {}
         self.presence: list[str] = []
         self.presence_version = -1
+        self._presence_waiting: dict[int, dict[str, Any]] = {}
+        self._presence_timer: asyncio.Future[None] | None = None
         self.sent: list[tuple[int, float, dict[str, Any]]] = []  # (socket number, time, frame) we sent
         # Every state a streaming reply's text went through: (reply id, seq, text).
         self.stream_states: list[tuple[int, int, str]] = []
@@ -139,10 +141,10 @@ class Tab:
 
     async def _run(self) -> None:
         while not self.stopped:
-            url = f"{self.ws_url}/ws/rooms/{self.slug}/"
+            url = f"{self.ws_url}/ws/rooms/{self.slug}/?presence=delta"
             after = self.last_id or None
             if after:
-                url += f"?after={after}"
+                url += f"&after={after}"
             try:
                 self._ws = await websockets.connect(
                     url,
@@ -359,6 +361,8 @@ class Tab:
             await self._holes_fill()
         elif kind == "presence":
             self._presence(frame["users"], frame.get("version"))
+        elif kind == "presence.delta":
+            await self._presence_delta(frame)
         elif kind == "assistant.start":
             self.streams.setdefault(frame["reply_id"], self._stream_new("", 0, True))
             self._upsert(frame["message"])
@@ -375,7 +379,37 @@ class Tab:
             if version <= self.presence_version:
                 return
             self.presence_version = version
-        self.presence = list(users)
+        me = self.name.split("@")[0]
+        self.presence = sorted({*users, me})
+        self._presence_apply()
+
+    async def _presence_delta(self, frame: dict[str, Any]) -> None:
+        """Like sync.js: apply deltas in version order; a gap that lasts a
+        second is closed with presence.fetch."""
+        if frame["version"] <= self.presence_version:
+            return
+        self._presence_waiting[frame["since"]] = frame
+        self._presence_apply()
+        if self._presence_waiting and self._presence_timer is None:
+
+            async def fetch() -> None:
+                await asyncio.sleep(1.0)
+                self._presence_timer = None
+                if self._presence_waiting:
+                    await self.send_frame({"type": "presence.fetch"})
+
+            self._presence_timer = asyncio.ensure_future(fetch())
+
+    def _presence_apply(self) -> None:
+        users = set(self.presence)
+        while self.presence_version in self._presence_waiting:
+            delta = self._presence_waiting.pop(self.presence_version)
+            users |= set(delta["joined"])
+            users -= set(delta["left"])
+            self.presence_version = delta["version"]
+        for since in [v for v in self._presence_waiting if v < self.presence_version]:
+            del self._presence_waiting[since]
+        self.presence = sorted(users)
 
     @staticmethod
     def _stream_new(text: str, seq: int, known: bool) -> dict[str, Any]:

@@ -115,8 +115,9 @@ export class RoomState {
     for (const item of this.pending.values()) pendingMark(item.el, "not sent", true);
   }
 
+  // Presence comes as deltas (a join costs a few bytes, not the room's list).
   cursorUrl(base) {
-    return this.lastId > 0 ? `${base}?after=${this.lastId}` : base;
+    return this.lastId > 0 ? `${base}?presence=delta&after=${this.lastId}` : `${base}?presence=delta`;
   }
 
   // --- Frames, in arrival order ---------------------------------------------------------
@@ -198,6 +199,9 @@ export class RoomState {
         break;
       case "presence":
         this.presence(frame);
+        break;
+      case "presence.delta":
+        this.presenceDelta(frame);
         break;
       case "typing":
         this.typing(frame);
@@ -624,7 +628,44 @@ export class RoomState {
       if (version <= this.presenceVersion) return; // an older list overtook by a newer one
       this.presenceVersion = version;
     }
-    presenceRender(frame.users || [], this.me);
+    this.presentUsers = new Set((frame.users || []).map(String));
+    if (this.me) this.presentUsers.add(this.me); // the hello's joiner is announced next
+    this.presenceWaiting = new Map([...(this.presenceWaiting || new Map())].filter(([v]) => v > this.presenceVersion));
+    this.presenceApplyWaiting();
+    presenceRender([...this.presentUsers], this.me);
+  }
+
+  // Deltas continue the version shown; one that skips ahead waits for the
+  // missing one a moment (publishes of two processes can cross), then the
+  // whole set is asked for.
+  presenceDelta(frame) {
+    if (!Number.isInteger(frame.version) || !Number.isInteger(frame.since)) return;
+    if (frame.version <= this.presenceVersion) return;
+    if (!this.presenceWaiting) this.presenceWaiting = new Map();
+    this.presenceWaiting.set(frame.since, frame);
+    this.presenceApplyWaiting();
+    presenceRender([...(this.presentUsers || [])], this.me);
+    if (this.presenceWaiting.size && this.presenceTimer === undefined) {
+      this.presenceTimer = window.setTimeout(() => {
+        this.presenceTimer = undefined;
+        if (this.presenceWaiting && this.presenceWaiting.size) this.socket.send({ type: "presence.fetch" });
+      }, 1000);
+    }
+  }
+
+  presenceApplyWaiting() {
+    if (!this.presentUsers) this.presentUsers = new Set();
+    let next = this.presenceWaiting && this.presenceWaiting.get(this.presenceVersion);
+    while (next) {
+      this.presenceWaiting.delete(this.presenceVersion);
+      for (const name of next.joined || []) this.presentUsers.add(String(name));
+      for (const name of next.left || []) this.presentUsers.delete(String(name));
+      this.presenceVersion = next.version;
+      next = this.presenceWaiting.get(this.presenceVersion);
+    }
+    for (const since of [...(this.presenceWaiting || new Map()).keys()]) {
+      if (since < this.presenceVersion) this.presenceWaiting.delete(since);
+    }
   }
 
   typing(frame) {
