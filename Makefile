@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | sha1sum | cut -c1-12)
 
-.PHONY: superuser run test test-fast test-faults lint format bench bench-quick stack system-deps check-deploy clean
+.PHONY: superuser run test test-fast test-faults lint format bench bench-quick bench-full stack system-deps check-deploy clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -56,9 +56,15 @@ check-deploy: $(STAMP)
 	DJANGO_DEBUG=0 DJANGO_SECRET_KEY=$$($(PY) -c 'import secrets; print(secrets.token_urlsafe(50))') \
 	  DJANGO_ALLOWED_HOSTS=chat.example.com $(PY) manage.py check --deploy --fail-level WARNING
 
+# The headline rows (about 20-30 minutes): S1 at 1000 members, S2, S3 at 1k, S5, S6 (bench/README.md).
 bench: $(STAMP)
 	$(VENV)/bin/pip install --quiet -r requirements-bench.txt
 	$(PY) -m bench.run
+
+# Everything: every row and size, S4 10-minute soaks, S7 (a few hours).
+bench-full: $(STAMP)
+	$(VENV)/bin/pip install --quiet -r requirements-bench.txt
+	$(PY) -m bench.run --full
 
 bench-quick: $(STAMP)
 	$(VENV)/bin/pip install --quiet -r requirements-bench.txt

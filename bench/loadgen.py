@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import os
+import random
 import re
 import resource
 import signal
@@ -127,6 +128,100 @@ class Meter:
     @staticmethod
     def delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
         return {name: round(after[name] - before[name], 4) for name in before}
+
+
+class DbStats:
+    """What the server asked of its database: bench.ourswrap's query census (queries and the time the
+    server waited on them, per statement) and, on PostgreSQL, the CPU of the backends serving the
+    bench's database (read from /proc, cumulative over every backend seen) and pg_stat_database's
+    counters (flushed by an idle backend only after ~10 s: read them after a pause)."""
+
+    def __init__(self, spec: dict[str, Any] | None) -> None:
+        spec = spec or {}
+        self.census: str | None = spec.get("census")
+        self.pg_name: str | None = spec.get("pg_name")
+        self.conn: Any = None
+        self.cpu_seen: dict[int, float] = {}
+        self.cpu_total = 0.0
+        if self.pg_name:
+            try:
+                import psycopg
+
+                self.conn = psycopg.connect(
+                    "host=127.0.0.1 port=5432 user=postgres dbname=postgres connect_timeout=5", autocommit=True
+                )
+            except Exception as exc:  # noqa: BLE001 - the census still works without it
+                logger.warning("PostgreSQL statistics unavailable: %r", exc)
+
+    @property
+    def active(self) -> bool:
+        return bool(self.census or self.conn)
+
+    def census_read(self) -> dict[str, Any] | None:
+        if not self.census:
+            return None
+        try:
+            with open(self.census) as data:
+                return json.load(data)
+        except (OSError, ValueError):
+            return None
+
+    def pg_cpu(self) -> float:
+        if self.conn is None:
+            return float("nan")
+        try:
+            pids = [
+                row[0]
+                for row in self.conn.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s", (self.pg_name,))
+            ]
+        except Exception:  # noqa: BLE001
+            return self.cpu_total
+        for pid in pids:
+            try:
+                times = psutil.Process(pid).cpu_times()
+            except psutil.Error:
+                continue
+            now = times.user + times.system
+            self.cpu_total += now - self.cpu_seen.get(pid, 0.0)
+            self.cpu_seen[pid] = now
+        return self.cpu_total
+
+    async def sample(self) -> dict[str, Any]:
+        """Cumulative figures now (the census file is rewritten every 0.2 s: wait for a fresh one)."""
+        if not self.active:
+            return {}
+        await asyncio.sleep(0.25)
+        out: dict[str, Any] = {"pg_cpu_s": self.pg_cpu()}
+        census = self.census_read()
+        if census:
+            out.update(queries=census["queries"], query_s=census["seconds"], by_statement=census["by_statement"])
+        return out
+
+    @staticmethod
+    def delta(before: dict[str, Any], after: dict[str, Any], per: float, top: int = 8) -> dict[str, Any]:
+        """Per unit of work (a reconnect, a message) between two samples."""
+        if not before or not after:
+            return {}
+        per = max(per, 1e-9)
+        out: dict[str, Any] = {}
+        if "queries" in after and "queries" in before:
+            out["queries"] = after["queries"] - before["queries"]
+            out["queries_per"] = round(out["queries"] / per, 2)
+            out["query_ms_per"] = round(1000 * (after["query_s"] - before["query_s"]) / per, 3)
+            rows = []
+            for key, (count, spent) in after["by_statement"].items():
+                was = before["by_statement"].get(key, [0, 0.0])
+                if count - was[0] > 0:
+                    rows.append([key, round((count - was[0]) / per, 3), round(1000 * (spent - was[1]) / per, 3)])
+            rows.sort(key=lambda r: -r[2])
+            out["statements"] = rows[:top]
+        if not math.isnan(after.get("pg_cpu_s", float("nan"))):
+            out["pg_cpu_ms_per"] = round(1000 * (after["pg_cpu_s"] - before["pg_cpu_s"]) / per, 3)
+        return out
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
 
 
 def message_encode(protocol: str, text: str, client_id: str) -> str:
@@ -337,6 +432,7 @@ class Fleet:
 async def fanout_run(job: dict[str, Any]) -> dict[str, Any]:
     fleet = Fleet(job)
     meter = Meter(job["pids"])
+    dbstats = DbStats(job.get("db"))
     rooms: list[dict[str, Any]] = job["rooms"]
     paths = [room["path"] for room in rooms for _ in range(room["size"])]
     _, connect_s, failures = await fleet.connect_many(paths, job.get("concurrency", 10), retries=5)
@@ -391,6 +487,7 @@ async def fanout_run(job: dict[str, Any]) -> dict[str, Any]:
         duration = job["step_s"]
         capacity = int(message_rate * duration * 1.2) + 16
         record = fleet.step_open(number, capacity)
+        db_before = await dbstats.sample()
         cpu_before = meter.cpu()
         started = time.monotonic()
         while True:
@@ -409,9 +506,15 @@ async def fanout_run(job: dict[str, Any]) -> dict[str, Any]:
             await fleet.drain(record, cap=job.get("final_drain_s", 30.0), stall=3.0)
         wall = max(send_s, (record.last_recv - record.first_send) / 1e6) if record.last_recv else send_s
         cpu = Meter.delta(cpu_before, meter.cpu())
+        db = DbStats.delta(db_before, await dbstats.sample(), per=record.sent)
         step = fleet.step_close(record)
         step.update(
             {
+                "step": number,
+                "db": db,
+                "server_cpu_per_message_us": round(
+                    1e6 * (cpu.get("server", 0) + cpu.get("redis", 0)) / max(1, record.sent), 1
+                ),
                 "rate_target": rate,
                 "achieved_dps": round(record.delivered / wall, 1),
                 "drained": drained,
@@ -437,6 +540,7 @@ async def fanout_run(job: dict[str, Any]) -> dict[str, Any]:
             break
     result["steps"] = steps
     profile_finish(profiler)
+    dbstats.close()
     result["late_frames"] = fleet.late
     result["open_sockets_end"] = fleet.open_count()
     await fleet.close_all()
@@ -676,6 +780,312 @@ async def relay_run(job: dict[str, Any]) -> dict[str, Any]:
     )
     await fleet.close_all()
     return result
+
+
+# ---------------------------------------------------------------------------
+# S5: reconnect storm
+# ---------------------------------------------------------------------------
+
+S5_HISTORY_STEP = 4999
+S5_STEP = 5000
+PRESENCE_FRAME = re.compile(rb'"type":\s*"presence')
+
+
+@dataclass
+class StormSocket:
+    """One socket of the storm: where it goes, what it had seen, when it came back."""
+
+    index: int
+    room: int
+    path: str
+    headers: dict[str, str]
+    client: WSClient | None = None
+    generation: int = 0
+    hello: asyncio.Future[None] | None = None
+    cursor: int = 0
+    live: int = 0
+    attempt_first: int = 0
+    attempts: int = 0
+    ready_at: int = 0
+    missed: int = -1
+    hello_bytes: int = 0
+    presence_frames: int = 0
+    presence_bytes: int = 0
+    gave_up: bool = False
+    failures: list[str] = field(default_factory=list)
+
+
+class Storm:
+    """S5: every socket dropped at once, every one back within the window, resuming from its cursor."""
+
+    def __init__(self, job: dict[str, Any]) -> None:
+        self.job = job
+        self.host: str = job["host"]
+        self.port: int = job["port"]
+        self.protocol: str = job["protocol"]
+        self.ours = self.protocol == "ours"
+        self.meter = Meter(job["pids"])
+        self.dbstats = DbStats(job.get("db"))
+        headers: list[dict[str, str]] = job.get("headers") or [{}]
+        self.rooms: list[str] = job["room_paths"]
+        self.users: int = job["users"]
+        self.behind: int = job["behind"]
+        self.window: float = job["window_s"]
+        count: int = job["sockets"]
+        self.sockets: list[StormSocket] = []
+        for index in range(count):
+            user = index % self.users
+            room = user % len(self.rooms)
+            self.sockets.append(
+                StormSocket(index, room, self.rooms[room], headers[user % len(headers)] if headers else {})
+            )
+        # One sender per room (ours only: the other rows have nothing to resume), users after the storm's.
+        self.senders: list[StormSocket] = []
+        if self.ours:
+            for room, path in enumerate(self.rooms):
+                user = self.users + room
+                self.senders.append(StormSocket(count + room, room, path, headers[user % len(headers)]))
+        self.sender_acks = [0] * len(self.rooms)
+        self.counting = False
+        self.rng = random.Random(14)
+
+    # -- frames ------------------------------------------------------------
+    def frame_handler(self, sock: StormSocket, generation: int) -> Callable[[WSClient, bytes, int], None]:
+        def handle(client: WSClient, payload: bytes, now: int) -> None:
+            if generation != sock.generation:
+                return
+            if self.ours and client.frames == 1:
+                marks = {m[2] for m in MARK.finditer(payload) if int(m[1]) == S5_STEP}
+                ids = [int(x) for x in HELLO_ID.findall(payload)]
+                sock.hello_bytes = len(payload)
+                sock.missed = len(marks)
+                if sock.cursor == 0 and not self.counting:
+                    sock.cursor = max(ids, default=0)
+                sock.ready_at = now
+                if sock.hello is not None and not sock.hello.done():
+                    sock.hello.set_result(None)
+                return
+            if self.counting and PRESENCE_FRAME.search(payload, 0, 48):
+                sock.presence_frames += 1
+                sock.presence_bytes += len(payload)
+                return
+            match = MARK.search(payload)
+            if match is None:
+                return
+            if sock.index >= len(self.sockets):
+                self.sender_acks[sock.room] += 1
+            elif int(match[1]) == S5_STEP:
+                sock.live += 1
+
+        return handle
+
+    # -- connections -------------------------------------------------------
+    async def open(self, sock: StormSocket, resume: bool) -> bool:
+        """One attempt: True once the socket is ready (ours: its hello is here)."""
+        loop = asyncio.get_running_loop()
+        sock.generation += 1
+        sock.attempts += 1
+        sock.hello = loop.create_future() if self.ours else None
+        path = sock.path + (f"?after={sock.cursor}" if resume and self.ours else "")
+        handler = self.frame_handler(sock, sock.generation)
+        try:
+            client = await ws_connect(sock.index, self.host, self.port, path, sock.headers, handler)
+        except (OSError, TimeoutError, ConnectionError) as exc:
+            sock.failures.append(type(exc).__name__ + (f" {str(exc)[:40]}" if isinstance(exc, ConnectionError) else ""))
+            return False
+        sock.client = client
+        if not self.ours:
+            sock.ready_at = now_us()
+            return True
+        assert sock.hello is not None
+        await asyncio.wait({sock.hello, client.closed}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+        if sock.hello.done():
+            return True
+        sock.failures.append(f"closed {client.close_code}" if client.closed.done() else "no hello in 30 s")
+        client.close()
+        return False
+
+    async def first_connect(self, socks: list[StormSocket], concurrency: int) -> tuple[float, int]:
+        semaphore = asyncio.Semaphore(concurrency)
+
+        async def one(sock: StormSocket) -> bool:
+            for attempt in range(6):
+                async with semaphore:
+                    if await self.open(sock, resume=False):
+                        return True
+                await asyncio.sleep(0.5 * (attempt + 1))
+            return False
+
+        started = time.perf_counter()
+        results = await asyncio.gather(*(one(sock) for sock in socks))
+        return time.perf_counter() - started, results.count(False)
+
+    async def storm_reconnect(self, sock: StormSocket, t0: float, deadline: float) -> None:
+        """The browser's schedule (rooms/static/rooms/protocol.js): ceiling = base * 2^attempt, capped at
+        10 s, delay uniform in its upper half. base = the storm window, so first attempts spread over its
+        second half (all within the window); later ones back off."""
+        attempt = 0
+        delay = self.window / 2 + self.rng.random() * self.window / 2
+        await asyncio.sleep(max(0.0, t0 + delay - time.monotonic()))
+        sock.attempt_first = now_us()
+        while True:
+            if await self.open(sock, resume=True):
+                return
+            attempt += 1
+            ceiling = min(10.0, self.window * 2**attempt)
+            pause = ceiling / 2 + self.rng.random() * ceiling / 2
+            if time.monotonic() + pause > deadline:
+                sock.gave_up = True
+                return
+            await asyncio.sleep(pause)
+
+    # -- messages ------------------------------------------------------------
+    def post(self, step: int, per_room: int) -> None:
+        for sender in self.senders:
+            assert sender.client is not None
+            for k in range(per_room):
+                number = sender.room * per_room + k
+                text = f"~{step}:{number}:{now_us()}~ {FILLER}"
+                sender.client.send_text(message_encode(self.protocol, text, f"s{step}.{number}"))
+
+    async def wait_for(self, condition: Callable[[], bool], cap: float) -> bool:
+        deadline = time.monotonic() + cap
+        while not condition():
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.02)
+        return True
+
+    # -- the run ---------------------------------------------------------------
+    async def run(self) -> dict[str, Any]:
+        job = self.job
+        count = len(self.sockets)
+        result: dict[str, Any] = {
+            "sockets": count,
+            "users": self.users,
+            "rooms": len(self.rooms),
+            "behind": self.behind if self.ours else 0,
+            "window_s": self.window,
+        }
+        if self.senders:
+            _, failed = await self.first_connect(self.senders, 10)
+            if failed:
+                return {**result, "error": f"{failed} senders failed to connect"}
+            history = job.get("history", 30)
+            self.post(S5_HISTORY_STEP, history)
+            if not await self.wait_for(lambda: min(self.sender_acks) >= history, 60):
+                return {**result, "error": "the history messages were not acknowledged"}
+        connect_s, failed = await self.first_connect(self.sockets, job.get("concurrency", 50))
+        result["first_connect_s"] = round(connect_s, 2)
+        result["first_joins_per_s"] = round(count / connect_s, 1) if connect_s else None
+        if failed:
+            await self.close_all()
+            return {**result, "error": f"{failed} of {count} sockets failed to connect"}
+        await asyncio.sleep(1.0)
+        if self.senders:
+            # The messages every socket will have missed: its cursor stays where its hello left it.
+            self.sender_acks = [0] * len(self.rooms)
+            self.post(S5_STEP, self.behind)
+            delivered = await self.wait_for(
+                lambda: min(self.sender_acks) >= self.behind and all(s.live >= self.behind for s in self.sockets), 60
+            )
+            result["behind_delivered_live"] = delivered
+            await asyncio.sleep(0.5)
+        gc.collect()
+        gc.freeze()
+        await asyncio.sleep(1.0)
+        db_before = await self.dbstats.sample()
+        cpu_before = self.meter.cpu()
+        profiler = profile_start(job)
+        for sock in self.sockets:
+            sock.ready_at = 0
+            sock.missed = -1
+            sock.attempts = 0
+            sock.failures = []
+        # The drop: every client socket killed at once (no closing handshake).
+        self.counting = True
+        t0 = time.monotonic()
+        t0_us = now_us()
+        for sock in self.sockets:
+            sock.generation += 1
+            if sock.client is not None and sock.client.transport is not None:
+                sock.client.is_open = False
+                sock.client.transport.abort()
+        deadline = t0 + job.get("give_up_s", 90.0)
+        await asyncio.gather(*(self.storm_reconnect(sock, t0, deadline) for sock in self.sockets))
+        back = [s for s in self.sockets if s.ready_at and not s.gave_up]
+        last = max((s.ready_at for s in back), default=t0_us)
+        cpu_storm = Meter.delta(cpu_before, self.meter.cpu())
+        await asyncio.sleep(job.get("presence_settle_s", 1.0))  # coalesced presence still on its way
+        self.counting = False
+        profile_finish(profiler, stop=True)
+        cpu = Meter.delta(cpu_before, self.meter.cpu())
+        db = DbStats.delta(db_before, await self.dbstats.sample(), per=count)
+        first = min((s.attempt_first for s in self.sockets if s.attempt_first), default=t0_us)
+        to_hello = array("q", [s.ready_at - s.attempt_first for s in back])
+        summary = latency_summary(to_hello)
+        timeline = [0] * (int((last - t0_us) / 100_000) + 1)
+        for s in back:
+            timeline[int((s.ready_at - t0_us) / 100_000)] += 1
+        failures: dict[str, int] = {}
+        for s in self.sockets:
+            for reason in s.failures:
+                failures[reason] = failures.get(reason, 0) + 1
+        per_room = count / len(self.rooms)
+        frames = sum(s.presence_frames for s in self.sockets)
+        pbytes = sum(s.presence_bytes for s in self.sockets)
+        server_s = cpu_storm.get("server", 0) + cpu_storm.get("redis", 0)
+        result.update(
+            {
+                "back": len(back),
+                "gave_up": sum(1 for s in self.sockets if s.gave_up),
+                "back_all_s": round((last - t0_us) / 1e6, 3),
+                "first_attempt_s": round((first - t0_us) / 1e6, 3),
+                "ready_per_s": round(len(back) / max(1e-6, (last - first) / 1e6), 1),
+                "to_hello_p50_ms": summary["p50_ms"],
+                "to_hello_p99_ms": summary["p99_ms"],
+                "to_hello_max_ms": summary["max_ms"],
+                "retries": sum(max(0, s.attempts - 1) for s in self.sockets),
+                "failures": failures,
+                "missed_complete": sum(1 for s in back if s.missed == self.behind) if self.ours else None,
+                "hello_bytes_mean": round(sum(s.hello_bytes for s in back) / max(1, len(back))) if self.ours else None,
+                "cpu_storm_s": cpu_storm,
+                "cpu_s": cpu,
+                "server_cpu_per_reconnect_ms": round(1000 * server_s / count, 3),
+                "server_busy": round(cpu_storm.get("server", 0) / max(1e-6, (last - t0_us) / 1e6), 3),
+                "client_busy": round(cpu_storm["client"] / max(1e-6, (last - t0_us) / 1e6), 3),
+                "db": db,
+                "presence_frames": frames,
+                "presence_bytes": pbytes,
+                "presence_frames_per_socket": round(frames / count, 2),
+                "presence_bytes_per_socket": round(pbytes / count, 1),
+                "presence_frames_per_join_per_socket": round(frames / count / per_room, 4),
+                "presence_bytes_per_join_per_socket": round(pbytes / count / per_room, 2),
+                "timeline_100ms": timeline,
+            }
+        )
+        print(
+            f"  storm {count} sockets: all back in {result['back_all_s']:.2f} s ({len(back)}/{count}), "
+            f"to hello p50 {summary['p50_ms']:.0f} p99 {summary['p99_ms']:.0f} ms, retries {result['retries']}, "
+            f"presence {result['presence_frames_per_socket']} frames/socket, "
+            f"{result['presence_bytes_per_join_per_socket']} B/join/socket, queries/reconnect {db.get('queries_per')}",
+            file=sys.stderr,
+            flush=True,
+        )
+        self.dbstats.close()
+        await self.close_all()
+        return result
+
+    async def close_all(self) -> None:
+        clients = [s.client for s in self.sockets + self.senders if s.client is not None]
+        for client in clients:
+            client.close()
+        if clients:
+            await asyncio.wait([asyncio.ensure_future(c.closed) for c in clients], timeout=5)
+
+
+async def storm_run(job: dict[str, Any]) -> dict[str, Any]:
+    return await Storm(job).run()
 
 
 # ---------------------------------------------------------------------------
@@ -1005,7 +1415,7 @@ async def soak_run(job: dict[str, Any]) -> dict[str, Any]:
     return await Soak(job).run()
 
 
-JOBS = {"s1": fanout_run, "s2": relay_run, "s3": idle_run, "s4": soak_run}
+JOBS = {"s1": fanout_run, "s2": relay_run, "s3": idle_run, "s4": soak_run, "s5": storm_run}
 
 
 def main() -> None:

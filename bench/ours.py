@@ -22,31 +22,59 @@ logger = logging.getLogger("bench.ours")
 BENCH_SECRET = "bench-secret-key-only-for-loopback-runs-0123456789abcdef"
 
 # Run inside `manage.py shell`: users, rooms, and one logged-in session per user.
+# Distinct users (one per socket) need thousands of them quickly: one password
+# hash for all (hashing is what is slow, and nobody logs in with it), users and
+# sessions written with bulk_create, each session encoded exactly as Django's
+# own store would (its auth hash included, so get_user() accepts it).
 SETUP_SCRIPT = r"""
-import json, sys
+import json, sys, time
+from datetime import timedelta
 from importlib import import_module
 from django.conf import settings
 from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY, get_user_model
+from django.contrib.auth.hashers import make_password
+from django.utils import timezone
+from django.utils.crypto import get_random_string
 from rooms.models import Room
 
+started = time.monotonic()
 spec = json.loads(sys.stdin.read())
 User = get_user_model()
-store_class = import_module(settings.SESSION_ENGINE).SessionStore
+names = [f"bench{i}" for i in range(spec["users"])]
+have = set(User.objects.filter(username__in=names).values_list("username", flat=True))
+hashed = make_password("bench-password-0")
+User.objects.bulk_create([User(username=n, password=hashed) for n in names if n not in have], batch_size=2000)
+users = {u.username: u for u in User.objects.filter(username__in=names)}
+engine = import_module(settings.SESSION_ENGINE)
+store_class = engine.SessionStore
+backend = "django.contrib.auth.backends.ModelBackend"
 sessions = []
-for i in range(spec["users"]):
-    user, created = User.objects.get_or_create(username=f"bench{i}")
-    if created:
-        user.set_password("bench-password-0")
-        user.save()
-    store = store_class()
-    store[SESSION_KEY] = str(user.pk)
-    store[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
-    store[HASH_SESSION_KEY] = user.get_session_auth_hash()
-    store.create()
-    sessions.append(store.session_key)
+if settings.SESSION_ENGINE in ("django.contrib.sessions.backends.db", "django.contrib.sessions.backends.cached_db"):
+    model = store_class.get_model_class()
+    expire = timezone.now() + timedelta(seconds=settings.SESSION_COOKIE_AGE)
+    encoder = store_class()
+    rows = []
+    for name in names:
+        user = users[name]
+        data = {SESSION_KEY: str(user.pk), BACKEND_SESSION_KEY: backend, HASH_SESSION_KEY: user.get_session_auth_hash()}
+        key = get_random_string(32, "abcdefghijklmnopqrstuvwxyz0123456789")
+        rows.append(model(session_key=key, session_data=encoder.encode(data), expire_date=expire))
+        sessions.append(key)
+    model.objects.bulk_create(rows, batch_size=2000)
+else:
+    for name in names:
+        user = users[name]
+        store = store_class()
+        store[SESSION_KEY] = str(user.pk)
+        store[BACKEND_SESSION_KEY] = backend
+        store[HASH_SESSION_KEY] = user.get_session_auth_hash()
+        store.create()
+        sessions.append(store.session_key)
 for slug in spec["rooms"]:
     Room.objects.get_or_create(slug=slug, defaults={"name": slug})
-print("BENCH-SETUP " + json.dumps({"cookie": settings.SESSION_COOKIE_NAME, "sessions": sessions}))
+print("BENCH-SETUP " + json.dumps({
+    "cookie": settings.SESSION_COOKIE_NAME, "sessions": sessions, "seconds": round(time.monotonic() - started, 2),
+}))
 """
 
 
@@ -74,7 +102,7 @@ class Ours(Target):
     needs_redis = True
 
     def __init__(
-        self, name: str, layer: str, db: str = "sqlite", app: str = "chatsite.asgi:application", server: str = "daphne"
+        self, name: str, layer: str, db: str = "sqlite", app: str = "bench.ourswrap:application", server: str = "daphne"
     ) -> None:
         self.name = name
         self.server = server
@@ -122,6 +150,9 @@ class Ours(Target):
         redis = procs.Redis(core=ctx.redis_core, workdir=ctx.workdir).start()
         database_url, pg_name = self.database_create(ctx)
         env = self.env_build(ctx, redis, database_url)
+        # The query census of bench.ourswrap (what a reconnect or a message costs the database).
+        db_stats = ctx.workdir / f"{self.name}-{self._starts}.dbstats.json"
+        env["BENCH_DB_STATS"] = str(db_stats)
         log_path = ctx.workdir / f"{self.name}.log"
         try:
             _manage(["migrate", "--noinput"], env, log_path)
@@ -149,6 +180,8 @@ class Ours(Target):
         server = Server(self.name, self.protocol, port, proc, "/ws/rooms/{room}/", redis=redis, headers=headers)
         server.extra["pg_name"] = pg_name
         server.extra["database_url"] = database_url
+        server.extra["db_stats"] = str(db_stats)
+        server.extra["setup_s"] = info.get("seconds")
         return server
 
     def stop(self, server: Server) -> None:

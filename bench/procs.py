@@ -204,3 +204,9 @@ class Redis:
 
 def temp_workdir(prefix: str = "bench-") -> Path:
     return Path(tempfile.mkdtemp(prefix=prefix))
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=1.0):
+        return True
+    return False

@@ -74,10 +74,21 @@ def speedscope_summary(path: Path, top: int = 14) -> dict[str, Any] | None:
     frames = data["shared"]["frames"]
     inclusive: collections.Counter[str] = collections.Counter()
     leaf: collections.Counter[str] = collections.Counter()
+    threads: collections.Counter[str] = collections.Counter()
+    loop_inclusive: collections.Counter[str] = collections.Counter()
     total = 0.0
     for profile in data["profiles"]:
         for stack, weight in zip(profile["samples"], profile["weights"], strict=False):
             total += weight
+            kind = _thread_kind(profile.get("name", ""), stack, frames)
+            threads[kind] += weight
+            if kind.startswith("event loop"):
+                seen_loop = set()
+                for index in stack:
+                    label = _frame_label(frames[index])
+                    if label not in seen_loop:
+                        loop_inclusive[label] += weight
+                        seen_loop.add(label)
             seen = set()
             for index in stack:
                 label = _frame_label(frames[index])
@@ -93,4 +104,20 @@ def speedscope_summary(path: Path, top: int = 14) -> dict[str, Any] | None:
         rows = [(label, value) for label, value in counter.most_common() if not any(n in label for n in NOISE)]
         return [[label, round(100 * value / total, 1)] for label, value in rows[:top]]
 
-    return {"samples_s": round(total, 2), "inclusive": shares(inclusive), "self": shares(leaf)}
+    return {
+        "samples_s": round(total, 2),
+        "inclusive": shares(inclusive),
+        "self": shares(leaf),
+        "threads": {name: round(100 * value / total, 1) for name, value in threads.most_common()},
+        "loop_inclusive": shares(loop_inclusive)[:10],
+    }
+
+
+def _thread_kind(name: str, stack: list[int], frames: list[dict[str, Any]]) -> str:
+    """The event loop (py-spy names the main thread), the bench's census thread, or a worker thread
+    (channels' database_sync_to_async runs the ORM on one)."""
+    if '"MainThread"' in name:
+        return "event loop (main thread)"
+    if "bench-census" in name:
+        return "bench census"
+    return "worker threads (database)"

@@ -93,7 +93,7 @@ def s1_section(s1: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
                 for check in checks:
                     check.update({"scenario": "S1", "row": name, "config": config})
                 verdicts += checks
-                notes = [f"{c['what']}: {c['shown']} {_verdict(c['ok'])}" for c in checks]
+                notes = [f"{c['what']}: {c['shown']} {_verdict(c['ok'])}" for c in checks if "issue" not in c]
             elif name == "naive" and ceiling.get("peak"):
                 notes = [f"peak {(_ratio(s['peak'], ceiling['peak']) or 0):.3f}x ceiling"]
             knee = _num(s["knee"]) if s["knee"] else "never"
@@ -131,6 +131,20 @@ def s1_targets(s: dict[str, Any], ceiling: dict[str, Any], naive: dict[str, Any]
             "ok": None if probe_ratio is None else probe_ratio <= 3,
         },
         {"what": "drops = 0", "ratio": None, "shown": _num(s["drops"]), "ok": s["drops"] == 0},
+        {
+            "issue": "#14",
+            "what": "knee ≥ 0.5x ceiling",
+            "ratio": knee_ratio,
+            "shown": f"{knee_ratio:.2f}x" if knee_ratio is not None else "n/a",
+            "ok": None if knee_ratio is None else knee_ratio >= 0.5,
+        },
+        {
+            "issue": "#14",
+            "what": "one-message p99 ≤ 2x ceiling",
+            "ratio": probe_ratio,
+            "shown": f"{probe_ratio:.2f}x" if probe_ratio is not None else "n/a",
+            "ok": None if probe_ratio is None else probe_ratio <= 2,
+        },
     ]
 
 
@@ -259,7 +273,8 @@ def s3_section(s3: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
                         "scenario": "S3",
                         "row": name,
                         "config": size,
-                        "what": f"memory/conn ≤ 2x ceiling at {size}",
+                        "issue": "#5, #14",
+                        "what": f"memory/conn ≤ 2x ceiling at {size} (one user per socket)",
                         "ratio": ratio,
                         "shown": f"{ratio:.2f}x",
                         "ok": ok,
@@ -355,7 +370,7 @@ def _dedupe(verdicts: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def report_write(results: dict[str, Any], out: Path, stem: str) -> Path:
     meta = results["meta"]
     lines = [f"# Benchmark report {meta['started']}", ""]
-    mode = "quick (smoke sizes, not for comparison)" if meta["quick"] else "full"
+    mode = "quick (smoke sizes, not for comparison)" if meta["quick"] else meta.get("mode", "full")
     lines += [
         f"Mode: {mode}. Duration {meta.get('duration_s', 0):.0f} s. "
         f"Server pinned to core {meta['cores']['server']} (Redis too), load generator on core "
@@ -365,6 +380,32 @@ def report_write(results: dict[str, Any], out: Path, stem: str) -> Path:
         "Versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()) + ".",
         "",
     ]
+    if meta.get("default_server"):
+        lines += [
+            f"Default server (docker-compose.yml's `ASGI_SERVER` default): **{meta['default_server']}**, "
+            f"the row `{meta.get('default_row')}`. Every socket is a distinct user with its own session "
+            "(S5: 1000 users, several sockets each).",
+            "",
+        ]
+    if meta.get("git"):
+        git = meta["git"]
+        dirty = ", ".join(git.get("dirty") or []) or "none"
+        lines += [f"Code: commit {git.get('commit', '?')}; uncommitted changes in the tree: {dirty}.", ""]
+    loads = meta.get("load") or {}
+    if loads:
+        busiest = max(v[0] for v in loads.values())
+        note = (
+            "**the machine was not idle** (other agents' test runs): prefer the ratios, "
+            "and the *other load* column of S1's steps"
+            if busiest > 1.0
+            else "the machine was quiet"
+        )
+        lines += [
+            "Load average (1 min) at the start of each scenario: "
+            + ", ".join(f"{k} {v[0]:.2f}" for k, v in loads.items())
+            + f"; {note}.",
+            "",
+        ]
     for name, origin in sorted((meta.get("origins") or {}).items()):
         lines += [
             f"{name} comes from the earlier run {origin['file']} (started {origin['started']}); "
@@ -380,7 +421,15 @@ def report_write(results: dict[str, Any], out: Path, stem: str) -> Path:
         f"![chart]({stem}.png)",
         "",
     ]
-    sections = {"S1": s1_section, "S2": s2_section, "S3": s3_section, "S4": s4_section}
+    sections = {
+        "S1": s1_section,
+        "S2": s2_section,
+        "S3": s3_section,
+        "S4": s4_section,
+        "S5": s5_section,
+        "S6": s6_section,
+        "S7": s7_section,
+    }
     verdicts: list[dict[str, Any]] = []
     body: list[str] = []
     for name, section in sections.items():
@@ -395,14 +444,18 @@ def report_write(results: dict[str, Any], out: Path, stem: str) -> Path:
         verdicts += found
     if verdicts:
         lines += [
-            "## Targets of issue #5",
+            "## Targets of issues #5 and #14",
             "",
-            "| scenario | row | target | ratio | verdict |",
-            "|---|---|---|---|---|",
+            "| issue | scenario | row | target | ratio | verdict |",
+            "|---|---|---|---|---|---|",
         ]
         for v in verdicts:
             where = f" ({v['config']})" if v.get("config") else ""
-            lines.append(f"| {v['scenario']}{where} | {v['row']} | {v['what']} | {v['shown']} | {_verdict(v['ok'])} |")
+            row = v["row"] + (" (default server)" if v["row"] == meta.get("default_row") else "")
+            lines.append(
+                f"| {v.get('issue', '#5')} | {v['scenario']}{where} | {row} | {v['what']} | {v['shown']} "
+                f"| {_verdict(v['ok'])} |"
+            )
         lines.append("")
     lines += body
     lines += profiles_section(results)
@@ -418,7 +471,14 @@ def report_write(results: dict[str, Any], out: Path, stem: str) -> Path:
 def profiles_section(results: dict[str, Any]) -> list[str]:
     """py-spy summaries attached to rows: where the server's samples went."""
     found = []
-    for scenario, phase in (("S1", "fan-out ramp"), ("S3", "handshakes")):
+    phases = (
+        ("S1", "fan-out ramp"),
+        ("S3", "handshakes"),
+        ("S5", "reconnect storm"),
+        ("S6", "small-room ramp"),
+        ("S2", "token relay"),
+    )
+    for scenario, phase in phases:
         for config, table in (results.get(scenario) or {}).items():
             if not isinstance(table, dict):
                 continue
@@ -448,6 +508,12 @@ def profiles_section(results: dict[str, Any]) -> list[str]:
             b = leaf[i] if i < len(leaf) else ["", ""]
             lines.append(f"| {a[1]} | `{a[0]}` | | {b[1]} | `{b[0]}` |")
         lines.append("")
+        if profile.get("threads"):
+            lines += ["Samples by thread: " + ", ".join(f"{k} {v}%" for k, v in profile["threads"].items()) + "."]
+            if profile.get("loop_inclusive"):
+                lines += ["Event loop alone (inclusive % of all samples): "]
+                lines += ["; ".join(f"`{label}` {share}" for label, share in profile["loop_inclusive"]) + "."]
+            lines.append("")
     return lines
 
 
@@ -545,3 +611,273 @@ def chart_write(results: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+# ---------------------------------------------------------------------------
+# S5
+
+
+PRESENCE_BYTES_PER_JOIN = 32  # a delta naming one user, not a list of the room
+
+
+def s5_section(s5: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
+    lines = ["## S5 reconnect storm", ""]
+    lines += [
+        "N sockets of 1000 distinct users in 10 rooms; each socket's cursor is 20 messages behind. Every client "
+        "socket is killed at once; each comes back on the browser's schedule (first attempt uniform in the upper "
+        "half of the 1 s window, retries backing off the same way) with `?after=<cursor>`. *All back*: from the "
+        "drop until the last socket had its `hello` (ours: with all 20 missed messages; ceiling and naive: the "
+        "101, they have nothing to resume). *Ready/s*: sockets back / (last ready - first attempt). *To hello*: "
+        "per socket, first attempt to ready. Server CPU, queries (the bench's census of every statement Django "
+        "ran) and database time (the server's wait on them) are per reconnect; *PG CPU*: the PostgreSQL "
+        "backends' CPU. *Presence*: frames of type presence/presence.delta the sockets received from the drop "
+        "until 1 s after the last hello; *B/join/socket*: their bytes / (joins x sockets per room).",
+        "",
+        "| row | N | all back s | ready/s | to hello p50 / p99 ms | retries | not back | missed msgs in hello "
+        "| server ms CPU/reconnect | queries/reconnect | DB ms/reconnect | PG CPU ms/reconnect "
+        "| presence frames/socket | presence B/join/socket | first connect joins/s | targets |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    verdicts: list[dict[str, Any]] = []
+    statements: list[str] = []
+    for size, table in s5.items():
+        ceiling = table.get("ceiling", {})
+        for name in _rows(table):
+            r = table[name]
+            if "error" in r:
+                lines.append(f"| {name} | {size} | error: {r['error']} |" + " |" * 14)
+                continue
+            db = r.get("db") or {}
+            notes = []
+            if name.startswith("ours") and "back_all_s" in ceiling and "error" not in ceiling:
+                back_ratio = _ratio(r["back_all_s"], ceiling["back_all_s"])
+                rate_ratio = _ratio(r["ready_per_s"], ceiling["ready_per_s"])
+                all_back = r["back"] == r["sockets"] and r.get("missed_complete") == r["sockets"]
+                presence = r.get("presence_bytes_per_join_per_socket")
+                checks = [
+                    {
+                        "what": f"all {size} back within 3x the ceiling's time",
+                        "ratio": back_ratio,
+                        "shown": f"{back_ratio:.2f}x" if back_ratio is not None else "n/a",
+                        "ok": back_ratio is not None and back_ratio <= 3 and r["back"] == r["sockets"],
+                    },
+                    {
+                        "what": "handshakes with hello ≥ 0.3x the ceiling's rate",
+                        "ratio": rate_ratio,
+                        "shown": f"{rate_ratio:.2f}x" if rate_ratio is not None else "n/a",
+                        "ok": rate_ratio is not None and rate_ratio >= 0.3,
+                    },
+                    {
+                        "what": f"presence O(1) per join per socket (≤ {PRESENCE_BYTES_PER_JOIN} B)",
+                        "ratio": None,
+                        "shown": f"{_num(presence, 1)} B",
+                        "ok": presence is not None and presence <= PRESENCE_BYTES_PER_JOIN,
+                    },
+                    {
+                        "what": "every socket back with all its missed messages",
+                        "ratio": None,
+                        "shown": f"{r.get('missed_complete')}/{r['sockets']}",
+                        "ok": all_back,
+                    },
+                ]
+                for check in checks:
+                    check.update({"scenario": "S5", "row": name, "config": size, "issue": "#14"})
+                verdicts += checks
+                notes = [f"{c['what']}: {c['shown']} {_verdict(c['ok'])}" for c in checks]
+                if db.get("statements"):
+                    statements.append(f"*{name}, {size} sockets* (calls and ms per reconnect):")
+                    statements += [f"- {calls} x {ms} ms `{sql[:110]}`" for sql, calls, ms in db["statements"]]
+            to_hello = f"{_num(r.get('to_hello_p50_ms'))} / {_num(r.get('to_hello_p99_ms'))}"
+            missed = "-" if r.get("missed_complete") is None else f"{r['missed_complete']}/{r['sockets']}"
+            lines.append(
+                f"| {name} | {size} | {_num(r.get('back_all_s'), 2)} | {_num(r.get('ready_per_s'))} | {to_hello} "
+                f"| {_num(r.get('retries'))} | {r['sockets'] - r.get('back', 0)} | {missed} "
+                f"| {_num(r.get('server_cpu_per_reconnect_ms'), 2)} | {_num(db.get('queries_per'), 1)} "
+                f"| {_num(db.get('query_ms_per'), 2)} | {_num(db.get('pg_cpu_ms_per'), 2)} "
+                f"| {_num(r.get('presence_frames_per_socket'), 1)} "
+                f"| {_num(r.get('presence_bytes_per_join_per_socket'), 1)} | {_num(r.get('first_joins_per_s'))} "
+                f"| {'<br>'.join(notes)} |"
+            )
+    lines.append("")
+    failures = [
+        f"{name} ({size}): " + ", ".join(f"{k} x{v}" for k, v in r["failures"].items())
+        for size, table in s5.items()
+        for name, r in table.items()
+        if r.get("failures")
+    ]
+    if failures:
+        lines += ["Failed attempts (each retried on the browser's backoff): " + "; ".join(failures) + ".", ""]
+    if statements:
+        lines += ["<details><summary>where a reconnect's database time goes</summary>", "", *statements]
+        lines += ["", "</details>", ""]
+    return lines, verdicts
+
+
+# ---------------------------------------------------------------------------
+# S6
+
+
+def s6_summary(result: dict[str, Any], members: int) -> dict[str, Any]:
+    steps = result.get("steps") or []
+    knee_step = None
+    for step in steps:
+        persisted_ok = step.get("persisted") is None or (
+            step["persisted"] == step["sent"] and not step.get("persist_duplicates")
+        )
+        if step["p99_ms"] < LATENCY_LIMIT_MS and not step["drops"] and step["drained"] and persisted_ok:
+            knee_step = step
+    checked = [s for s in steps if s.get("persisted") is not None]
+    return {
+        "knee": knee_step["rate_target"] if knee_step else None,
+        "knee_msgs": knee_step["rate_target"] / members if knee_step else None,
+        "knee_step": knee_step,
+        "peak": max((s["achieved_dps"] for s in steps), default=None),
+        "drops": sum(s["drops"] for s in steps),
+        "persisted": sum(s["persisted"] for s in checked) if checked else None,
+        "sent": sum(s["sent"] for s in checked) if checked else None,
+        "duplicates": sum(s.get("persist_duplicates") or 0 for s in checked) if checked else None,
+    }
+
+
+def s6_section(s6: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
+    lines = ["## S6 many small rooms", ""]
+    lines += [
+        "Rooms of 10 members on one process, one sender per room, a rising total message rate spread over the "
+        "rooms; every member (the sender too: ours acknowledges with the message) receives every message. "
+        "*Knee*: the highest offered deliveries/s with p99 < 100 ms, nothing lost and (ours) every message of "
+        "every step read back from the database exactly once. Per message at the knee: server CPU, the queries "
+        "Django ran, the time the server waited on them, and the PostgreSQL backends' CPU.",
+        "",
+        "| row | rooms x members | knee dps (msgs/s) | peak dps | p99 at knee ms | drops | persisted / sent "
+        "| server µs CPU/msg | queries/msg | DB ms/msg | PG CPU ms/msg | targets |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    verdicts: list[dict[str, Any]] = []
+    for config, table in s6.items():
+        members = int(config.split("x")[0])
+        summaries = {n: s6_summary(r, members) for n, r in table.items() if "error" not in r}
+        ceiling = summaries.get("ceiling", {})
+        for name in _rows(table):
+            r = table[name]
+            if "error" in r:
+                lines.append(f"| {name} | {config} | error: {r['error']} |" + " |" * 9)
+                continue
+            s = summaries[name]
+            step = s["knee_step"] or {}
+            db = step.get("db") or {}
+            notes = []
+            if name.startswith("ours"):
+                ratio = _ratio(s["knee"] or 0, ceiling.get("knee"))
+                all_saved = s["persisted"] is not None and s["persisted"] == s["sent"] and not s["duplicates"]
+                checks = [
+                    {
+                        "what": "deliveries/s at p99 < 100 ms ≥ 0.25x ceiling",
+                        "ratio": ratio,
+                        "shown": f"{ratio:.2f}x" if ratio is not None else "n/a",
+                        "ok": None if ratio is None else ratio >= 0.25,
+                    },
+                    {
+                        "what": "every message persisted once, delivered to every member",
+                        "ratio": None,
+                        "shown": f"{_num(s['persisted'])}/{_num(s['sent'])}, {_num(s['drops'])} lost",
+                        "ok": all_saved and s["drops"] == 0,
+                    },
+                ]
+                for check in checks:
+                    check.update({"scenario": "S6", "row": name, "config": config, "issue": "#14"})
+                verdicts += checks
+                notes = [f"{c['what']}: {c['shown']} {_verdict(c['ok'])}" for c in checks]
+            knee = f"{_num(s['knee'])} ({_num(s['knee_msgs'])})" if s["knee"] else "never"
+            saved = "-" if s["persisted"] is None else f"{_num(s['persisted'])} / {_num(s['sent'])}"
+            lines.append(
+                f"| {name} | {config.replace('x', ' members x ')} rooms | {knee} | {_num(s['peak'])} "
+                f"| {_num(step.get('p99_ms'), 1)} | {_num(s['drops'])} | {saved} "
+                f"| {_num(step.get('server_cpu_per_message_us'))} | {_num(db.get('queries_per'), 1)} "
+                f"| {_num(db.get('query_ms_per'), 2)} | {_num(db.get('pg_cpu_ms_per'), 2)} | {'<br>'.join(notes)} |"
+            )
+        lines.append("")
+        lines += s1_steps_detail(table)
+        for name in _rows(table):
+            step = summaries.get(name, {}).get("knee_step") or {}
+            rows = (step.get("db") or {}).get("statements")
+            if rows:
+                lines += [f"*{name}*: statements per message at the knee (calls, ms the server waited):", ""]
+                lines += [f"- {calls} x {ms} ms `{sql[:110]}`" for sql, calls, ms in rows]
+                lines.append("")
+    return lines, verdicts
+
+
+# ---------------------------------------------------------------------------
+# S7
+
+EVENTS_PER_USER_S = 0.1  # the projection's load model: see the section's text
+
+
+def s7_section(s7: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
+    lines = ["## S7 Redis as the shared bus", ""]
+    lines += [
+        "N subscriber processes run the project's hub (`rooms.realtime.hub` on the channels-redis pub/sub "
+        "layer, joined to every one of the room groups); one publisher sends room events, one `PUBLISH` each, "
+        "the bytes `group_send` writes, with a message frame of S1's size. Redis is alone on the server core; "
+        "the publisher and all subscribers share the client core. *Sustained*: the highest offered events/s "
+        "that every subscriber received in full with p99 < 100 ms. *Redis µs/event*: Redis's CPU (from "
+        "/proc/<pid>/stat) per published event, its idle tick subtracted; *projected*: what one Redis core "
+        "would carry at that cost (1e6 / µs per event), and the users that is at "
+        f"{EVENTS_PER_USER_S} room events per user per second (a message, two typing changes and a share of "
+        "an assistant reply's coalesced deltas every ~30 s per active user).",
+        "",
+        "**What 2 cores limit**: with N subscribers on one core, each event costs N decodes there, so the "
+        "subscriber side saturates long before Redis does; the measured *sustained* rate is this machine's, "
+        "and the *projected* columns are Redis's own ceiling, extrapolated linearly from its CPU per event "
+        "(Redis is single-threaded: one core is its limit).",
+        "",
+        "| subscribers | event bytes | sustained events/s | deliveries/s | Redis busy at sustained "
+        "| Redis µs/event | subscriber µs/event/process | first failing step: what saturated "
+        "| projected events/s per Redis | projected users per Redis |",
+        "|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|",
+    ]
+    for n, r in s7.items():
+        if "error" in r and not r.get("steps"):
+            lines.append(f"| {n} | error: {r['error']} |" + " |" * 8)
+            continue
+        steps = r.get("steps") or []
+        ok = [s for s in steps if s.get("ok")]
+        best = ok[-1] if ok else None
+        bad = next((s for s in steps if not s.get("ok")), None)
+        why = "-"
+        if bad:
+            side = "subscribers' core" if bad["subs_busy"] + 0.1 >= bad["redis_busy"] else "Redis"
+            why = (
+                f"{_num(bad['rate_target'])}/s: lost {_num(bad['lost'])}, p99 {_num(bad['p99_ms'])} ms, "
+                f"published {_num(bad['publish_rate'])}/s; Redis {bad['redis_busy']:.0%}, subscribers "
+                f"{bad['subs_busy']:.0%} of a core ({side})"
+            )
+        elif steps:
+            why = f"none up to {_num(steps[-1]['rate_target'])}/s (the ladder's top)"
+        per_event = best.get("redis_us_net_per_event", best.get("redis_us_per_event")) if best else None
+        projected = 1e6 / per_event if per_event else None
+        users = projected / EVENTS_PER_USER_S if projected else None
+        subs_per = best["subs_us_per_event"] / int(n) if best else None
+        busy = f"{best['redis_busy']:.0%}" if best else "-"
+        lines.append(
+            f"| {n} | {_num(r.get('event_bytes'))} | {_num(best['publish_rate']) if best else 'none'} "
+            f"| {_num(best['publish_rate'] * int(n)) if best else '-'} "
+            f"| {busy} | {_num(per_event, 1)} | {_num(subs_per, 1)} "
+            f"| {why} | {_num(projected)} | {_num(users)} |"
+        )
+    lines += ["", "<details><summary>every step</summary>", ""]
+    lines += [
+        "| subscribers | offered/s | published/s | lost | p50 / p99 ms | Redis busy | Redis µs/event "
+        "| subscribers busy | publisher µs/event |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for n, r in s7.items():
+        for s in r.get("steps") or []:
+            lines.append(
+                f"| {n} | {_num(s['rate_target'])} | {_num(s['publish_rate'])} | {_num(s['lost'])} "
+                f"| {_num(s['p50_ms'], 1)} / {_num(s['p99_ms'], 1)} | {s['redis_busy']:.0%} "
+                f"| {_num(s.get('redis_us_net_per_event', s['redis_us_per_event']), 1)} | {s['subs_busy']:.0%} "
+                f"| {_num(s['pub_us_per_event'], 1)} |"
+            )
+    lines += ["", "</details>", ""]
+    return lines, []

@@ -18,18 +18,30 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from bench import procs, report, scenarios
-from bench.targets import Context, targets_all
+from bench import bus, procs, report, scenarios
+from bench.targets import Context, default_row, default_server, targets_all
 
 logger = logging.getLogger("bench.run")
 
 RESULTS = Path(__file__).resolve().parent / "results"
-SCENARIOS = ("S1", "S2", "S3", "S4")
+SCENARIOS = ("S1", "S2", "S3", "S4", "S5", "S6", "S7")
+# The headline run (`make bench`, about 20 minutes); --full adds S4 and S7.
+HEADLINE = ("S1", "S2", "S3", "S5", "S6")
 
 
 def versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
-    for name in ("websockets", "Django", "channels", "channels-redis", "daphne", "redis", "Twisted", "openai"):
+    for name in (
+        "websockets",
+        "Django",
+        "channels",
+        "channels-redis",
+        "daphne",
+        "uvicorn",
+        "redis",
+        "Twisted",
+        "psycopg",
+    ):
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -37,16 +49,44 @@ def versions() -> dict[str, str]:
     return out
 
 
+def git_state() -> dict[str, Any]:
+    """The commit measured, and whether the server's code had uncommitted changes (a shared tree)."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=procs.REPO, capture_output=True, text=True, timeout=30)
+        return done.stdout.strip()
+
+    try:
+        dirty = [line[3:] for line in git("status", "--porcelain").splitlines() if not line[3:].startswith("bench/")]
+        return {"commit": git("rev-parse", "--short", "HEAD"), "dirty": dirty}
+    except (OSError, subprocess.SubprocessError):
+        return {}
+
+
 def args_parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="every scenario briefly, small sizes (~3 min)")
-    parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma list of S1,S2,S3,S4")
+    parser.add_argument("--quick", action="store_true", help="every scenario briefly, small sizes (~5 min)")
+    parser.add_argument(
+        "--full", action="store_true", help="every row, size and scenario (S4 soaks, S7): `make bench-full`"
+    )
+    parser.add_argument(
+        "--scenarios", help="comma list of S1..S7 (default: S1,S2,S3,S5,S6; with --full or --quick all of them)"
+    )
     parser.add_argument(
         "--targets",
         default="ceiling,naive,ours,ours-uvicorn,ours-core",
-        help="comma list of ceiling,naive,ours,ours-uvicorn,ours-core",
+        help="comma list of ceiling,naive,ours,ours-uvicorn,ours-core (the headline run picks its rows among them)",
     )
-    parser.add_argument("--ours-db", choices=("sqlite", "postgres"), default="sqlite")
+    parser.add_argument(
+        "--ours-db",
+        choices=("auto", "sqlite", "postgres"),
+        default="auto",
+        help="auto: PostgreSQL when 127.0.0.1:5432 answers (production's database), else SQLite",
+    )
+    parser.add_argument("--s5-sizes", help="override S5's socket counts, e.g. 1000,5000")
+    parser.add_argument("--s6-rooms", type=int, help="override S6's number of 10-member rooms")
+    parser.add_argument("--s7-subscribers", help="override S7's subscribed processes, e.g. 1,2,4,8")
     parser.add_argument("--soak-seconds", type=float, help="override S4's duration")
     parser.add_argument("--s1-configs", help="override S1's rooms, e.g. 1000x1,10x100 (members x rooms)")
     parser.add_argument("--s2-max", type=int, help="S2: stop the ladder of concurrent replies at this K")
@@ -67,7 +107,10 @@ def main(argv: list[str] | None = None) -> int:
     args = args_parse(argv)
     procs.install_signal_handlers()
     procs.raise_nofile()
-    chosen = [s.strip().upper() for s in args.scenarios.split(",") if s.strip()]
+    if args.ours_db == "auto":
+        args.ours_db = "postgres" if procs.port_open(5432) and shutil.which("psql") else "sqlite"
+    default_scenarios = SCENARIOS if (args.full or args.quick) else HEADLINE
+    chosen = [s.strip().upper() for s in (args.scenarios or ",".join(default_scenarios)).split(",") if s.strip()]
     unknown = set(chosen) - set(SCENARIOS)
     if unknown:
         sys.exit(f"unknown scenarios: {sorted(unknown)}")
@@ -87,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     if shutil.which("redis-server") is None and any(t.needs_redis for t in targets):
         sys.exit("redis-server is not on PATH (apt-get install redis-server)")
 
-    plan = scenarios.Plan.build(args.quick)
+    plan = scenarios.Plan.build(args.quick, args.full)
     if args.soak_seconds:
         plan.s4_seconds = args.soak_seconds
     if args.s1_configs:
@@ -96,6 +139,13 @@ def main(argv: list[str] | None = None) -> int:
         plan.s2_configs = [c for c in plan.s2_configs if c[0] <= args.s2_max]
     if args.s3_sizes:
         plan.s3_sizes = [int(n) for n in args.s3_sizes.split(",")]
+    if args.s5_sizes:
+        plan.s5_sizes = [int(n) for n in args.s5_sizes.split(",")]
+    if args.s6_rooms:
+        plan.s6_rooms = args.s6_rooms
+    if args.s7_subscribers:
+        plan.s7_subscribers = [int(n) for n in args.s7_subscribers.split(",")]
+    default = default_row()
     server_core, client_core = procs.cores()
     workdir = procs.temp_workdir()
     ctx = Context(workdir=workdir, server_core=server_core, client_core=client_core, redis_core=server_core)
@@ -112,6 +162,11 @@ def main(argv: list[str] | None = None) -> int:
             "machine": {"cpus": len(procs.os.sched_getaffinity(0)), "platform": platform.platform()},
             "versions": versions(),
             "ours_db": args.ours_db,
+            "mode": plan.mode,
+            "default_server": default_server(),
+            "default_row": default,
+            "load_before": procs.os.getloadavg(),
+            "git": git_state(),
             "plan": plan.__dict__,
             "workdir": str(workdir),
         }
@@ -136,21 +191,26 @@ def main(argv: list[str] | None = None) -> int:
             "S2": scenarios.s2_tokens,
             "S3": scenarios.s3_idle,
             "S4": scenarios.s4_soak,
+            "S5": scenarios.s5_storm,
+            "S6": scenarios.s6_small_rooms,
         }
         for name in chosen:
-            runner = runners[name]
-            if runner is None:
-                results[name] = {"error": "not implemented yet"}
-                continue
-            if name == "S4":
-                results[name] = runner(ctx, plan, targets, results.get("S1"))
+            print(f"== {name} (load average {procs.os.getloadavg()[0]:.2f})", file=sys.stderr, flush=True)
+            results["meta"].setdefault("load", {})[name] = procs.os.getloadavg()
+            if name == "S7":
+                results[name] = bus.s7_bus(ctx, plan)
             else:
-                results[name] = runner(ctx, plan, targets)
+                rows = plan.rows_for(name, targets, default)
+                if name == "S4":
+                    results[name] = runners[name](ctx, plan, rows, results.get("S1"))
+                else:
+                    results[name] = runners[name](ctx, plan, rows)
             # Written after every scenario, so an interrupted run still leaves its numbers.
             json_path.write_text(json.dumps(results, indent=1, default=str) + "\n")
     finally:
         procs.stop_all()
         results["meta"]["duration_s"] = round(time.monotonic() - clock, 1)
+        results["meta"]["load_after"] = procs.os.getloadavg()
         json_path.write_text(json.dumps(results, indent=1, default=str) + "\n")
     md_path = report.report_write(results, args.out, stem)
     print(f"report: {md_path}\nraw:    {json_path}", file=sys.stderr)

@@ -6,12 +6,14 @@ generator (its own process, on the client core), and collects its JSON answer.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import re
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +24,21 @@ from bench.targets import Context, Server, Target
 logger = logging.getLogger("bench.scenarios")
 
 
+# Which rows each scenario runs in `make bench` (the headline run): "default" is the server that
+# docker-compose.yml and `make stack` run (bench.targets.default_row). Absent: every chosen row.
+HEADLINE_ROWS: dict[str, list[str]] = {
+    "S1": ["ceiling", "naive", "ours", "ours-uvicorn"],
+    "S2": ["naive", "default"],
+    "S3": ["ceiling", "naive", "default"],
+    "S5": ["ceiling", "naive", "ours", "ours-uvicorn"],
+    "S6": ["ceiling", "naive", "default"],
+}
+
+
 @dataclass
 class Plan:
-    """Sizes and durations: the full run, or `--quick` for smoke-testing the harness."""
+    """Sizes and durations: `--quick` (smoke-testing the harness), the headline run of `make bench`
+    (about 20 minutes) or `--full` (`make bench-full`: every row, size and scenario)."""
 
     quick: bool
     s1_configs: list[tuple[int, int]]  # (members per room, rooms)
@@ -43,12 +57,37 @@ class Plan:
     s4_window_s: float = 10.0
     s4_reply_every_s: float = 10.0
     s4_fallback_dps: int = 500
+    mode: str = "full"
+    rows: dict[str, list[str]] | None = None
+    # S5: sockets per storm, of s5_users distinct users in s5_rooms rooms, each s5_behind messages behind.
+    s5_sizes: list[int] = field(default_factory=lambda: [1000, 5000])
+    s5_users: int = 1000
+    s5_rooms: int = 10
+    s5_behind: int = 20
+    s5_window_s: float = 1.0
+    # S6: s6_rooms rooms of s6_members, one sender each; offered deliveries/s (messages/s x members).
+    s6_rooms: int = 500
+    s6_members: int = 10
+    s6_rates: list[int] = field(
+        default_factory=lambda: [1_000, 2_000, 3_000, 5_000, 7_500, 10_000, 15_000, 20_000, 30_000, 50_000, 75_000]
+    )
+    s6_step_s: float = 3.0
+    s6_drain_s: float = 8.0
+    s6_stop_p99_ms: float = 1000
+    # S7: subscribed hub processes, offered room events/s, groups (rooms) the events spread over.
+    s7_subscribers: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
+    s7_rates: list[int] = field(
+        default_factory=lambda: [1_000, 2_000, 5_000, 10_000, 20_000, 30_000, 40_000, 60_000, 80_000]
+    )
+    s7_step_s: float = 3.0
+    s7_groups: int = 100
 
     @classmethod
-    def build(cls, quick: bool) -> Plan:
+    def build(cls, quick: bool, full: bool = False) -> Plan:
         if quick:
             return cls(
                 quick=True,
+                mode="quick",
                 s1_configs=[(300, 1)],
                 s1_rates=[5_000, 20_000, 50_000],
                 s1_step_s=1.5,
@@ -64,9 +103,39 @@ class Plan:
                 s4_members=100,
                 s4_window_s=3.0,
                 s4_reply_every_s=5.0,
+                s5_sizes=[300],
+                s5_users=100,
+                s5_rooms=5,
+                s6_rooms=50,
+                s6_rates=[1_000, 5_000, 20_000],
+                s6_step_s=1.5,
+                s6_drain_s=4.0,
+                s7_subscribers=[1, 2],
+                s7_rates=[1_000, 5_000],
+                s7_step_s=1.5,
+                s7_groups=10,
+            )
+        if not full:
+            return cls(
+                quick=False,
+                mode="headline",
+                rows=HEADLINE_ROWS,
+                s1_configs=[(1000, 1)],
+                s1_rates=[5_000, 10_000, 20_000, 30_000, 40_000, 50_000, 60_000, 80_000, 100_000, 120_000, 150_000],
+                s1_step_s=3.0,
+                s1_drain_s=8.0,
+                s1_probes=20,
+                s1_stop_p99_ms=1000,
+                s3_sizes=[1000],
+                s3_idle_s=15.0,
+                s2_configs=[(1, 20), (5, 20), (20, 20), (40, 20)],
+                s2_tokens=300,
+                s2_grace_s=15.0,
+                s4_seconds=0,
             )
         return cls(
             quick=False,
+            mode="full",
             s1_configs=[(1000, 1), (100, 10), (10, 100)],
             s1_rates=[
                 *(1_000, 2_000, 5_000, 10_000, 20_000, 30_000, 40_000, 50_000),
@@ -82,7 +151,21 @@ class Plan:
             s2_tokens=300,
             s2_grace_s=20.0,
             s4_seconds=600,
+            s6_rates=[
+                *(500, 1_000, 2_000, 3_000, 4_000, 5_000, 7_500, 10_000, 12_500, 15_000, 20_000),
+                *(25_000, 30_000, 40_000, 50_000, 75_000, 100_000),
+            ],
+            s6_step_s=4.0,
+            s6_drain_s=10.0,
         )
+
+    def rows_for(self, scenario: str, targets: list[Target], default: str) -> list[Target]:
+        """The rows `scenario` runs, in the order of `targets` (the headline run picks a few)."""
+        wanted = (self.rows or {}).get(scenario)
+        if wanted is None:
+            return targets
+        names = {default if name == "default" else name for name in wanted}
+        return [t for t in targets if t.name in names]
 
 
 def loadgen_run(ctx: Context, job: dict[str, Any], timeout: float) -> dict[str, Any]:
@@ -123,7 +206,7 @@ def profile_attach(result: dict[str, Any], job: dict[str, Any]) -> None:
             result["profile"] = summary
 
 
-def with_server(ctx: Context, target: Target, rooms: list[str], run: Any, users: int = 20) -> dict[str, Any]:
+def with_server(ctx: Context, target: Target, rooms: list[str], run: Any, users: int) -> dict[str, Any]:
     """Start `target`, call `run(server)`, always stop it; failures become an `error` entry."""
     started = time.monotonic()
     server: Server | None = None
@@ -150,6 +233,8 @@ def server_job(server: Server) -> dict[str, Any]:
         "protocol": server.protocol,
         "headers": server.headers,
         "pids": server.pids(),
+        # ours rows: the query census (bench.ourswrap) and the PostgreSQL database to watch.
+        "db": {"census": server.extra.get("db_stats"), "pg_name": server.extra.get("pg_name")},
     }
 
 
@@ -185,7 +270,7 @@ def s1_fanout(ctx: Context, plan: Plan, targets: list[Target]) -> dict[str, Any]
                 profile_attach(result, job)
                 return result
 
-            out[key][target.name] = with_server(ctx, target, rooms, run)
+            out[key][target.name] = with_server(ctx, target, rooms, run, users=size * count)
     return out
 
 
@@ -215,7 +300,8 @@ def s3_idle(ctx: Context, plan: Plan, targets: list[Target]) -> dict[str, Any]:
                     result["redis_keys"] = server.redis.key_count()
                 return result
 
-            out[str(size)][target.name] = with_server(ctx, target, rooms, run)
+            # One user per socket (the 20 warm-up sockets too).
+            out[str(size)][target.name] = with_server(ctx, target, rooms, run, users=size + 20)
     return out
 
 
@@ -268,7 +354,7 @@ def s2_tokens(ctx: Context, plan: Plan, targets: list[Target]) -> dict[str, Any]
                     }
                     return loadgen_run(ctx, job, timeout=120 + plan.s2_tokens / 60 + len(rooms) * members / 50)
 
-                result = with_server(ctx, target, rooms, run)
+                result = with_server(ctx, target, rooms, run, users=replies * members)
                 out[key][target.name] = result
                 if (
                     "error" in result
@@ -316,9 +402,128 @@ def s4_soak(ctx: Context, plan: Plan, targets: list[Target], s1: dict[str, Any] 
                 }
                 return loadgen_run(ctx, job, timeout=plan.s4_seconds + 180)
 
-            result = with_server(ctx, target, ["s4-0"], run)
+            result = with_server(ctx, target, ["s4-0"], run, users=plan.s4_members)
             result["rate_source"] = "half the S1 knee" if knee else "fixed (no S1 knee)"
             out[target.name] = result
     finally:
         procs.stop(upstream)
+    return out
+
+
+# ---------------------------------------------------------------------------
+# S5: reconnect storm
+
+
+def s5_storm(ctx: Context, plan: Plan, targets: list[Target]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    rooms = [f"s5-{i}" for i in range(plan.s5_rooms)]
+    for size in plan.s5_sizes:
+        out[str(size)] = {}
+        for target in targets:
+            print(f"S5 {size} {target.name}", file=sys.stderr, flush=True)
+
+            def run(server: Server, size: int = size, target: Target = target) -> dict[str, Any]:
+                job = {
+                    **server_job(server),
+                    "kind": "s5",
+                    "room_paths": [server.room_path(room) for room in rooms],
+                    "sockets": size,
+                    "users": plan.s5_users,
+                    "behind": plan.s5_behind,
+                    "window_s": plan.s5_window_s,
+                    "concurrency": 50,
+                }
+                # Every ours row is profiled through its storm: a MISS comes with where the time went.
+                if target.name.startswith("ours") or ctx.profile == "py-spy":
+                    path = ctx.workdir / f"s5-{size}-{target.name}.speedscope.json"
+                    job["profile"] = {"path": str(path), "seconds": 60}
+                result = loadgen_run(ctx, job, timeout=240 + size / 10)
+                profile_attach(result, job)
+                return result
+
+            # The storm's users, then one sender per room.
+            out[str(size)][target.name] = with_server(ctx, target, rooms, run, users=plan.s5_users + len(rooms))
+    return out
+
+
+# ---------------------------------------------------------------------------
+# S6: many small rooms
+
+DB_MARK = re.compile(r"~(\d+):(\d+):(\d+)~")
+
+
+def db_markers(server: Server) -> dict[int, dict[str, int]] | None:
+    """Per marked step: distinct messages in the server's database, and rows saved more than once."""
+    url = server.extra.get("database_url") or ""
+    query = "SELECT substr(text, 1, 48) FROM rooms_message WHERE text LIKE '~%'"
+    try:
+        if url.startswith("sqlite:///"):
+            import sqlite3
+
+            with contextlib.closing(sqlite3.connect(url.removeprefix("sqlite:///"), timeout=30)) as conn:
+                rows = [r[0] for r in conn.execute(query)]
+        elif server.extra.get("pg_name"):
+            import psycopg
+
+            dsn = f"host=127.0.0.1 port=5432 user=postgres dbname={server.extra['pg_name']}"
+            with psycopg.connect(dsn) as conn:
+                rows = [r[0] for r in conn.execute(query)]
+        else:
+            return None
+    except Exception as exc:  # noqa: BLE001 - the report says it could not check
+        logger.warning("could not read the messages back: %r", exc)
+        return None
+    seen: dict[int, set[int]] = {}
+    out: dict[int, dict[str, int]] = {}
+    for text in rows:
+        match = DB_MARK.match(text)
+        if not match:
+            continue
+        step, number = int(match[1]), int(match[2])
+        numbers = seen.setdefault(step, set())
+        entry = out.setdefault(step, {"persisted": 0, "duplicates": 0})
+        if number in numbers:
+            entry["duplicates"] += 1
+        else:
+            numbers.add(number)
+            entry["persisted"] += 1
+    return out
+
+
+def s6_small_rooms(ctx: Context, plan: Plan, targets: list[Target]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    key = f"{plan.s6_members}x{plan.s6_rooms}"
+    out[key] = {}
+    rooms = [f"s6-{i}" for i in range(plan.s6_rooms)]
+    for target in targets:
+        print(f"S6 {key} {target.name}", file=sys.stderr, flush=True)
+
+        def run(server: Server, target: Target = target) -> dict[str, Any]:
+            job = {
+                **server_job(server),
+                "kind": "s1",
+                "rooms": [{"path": server.room_path(room), "size": plan.s6_members} for room in rooms],
+                "rates": plan.s6_rates,
+                "step_s": plan.s6_step_s,
+                "drain_s": plan.s6_drain_s,
+                "probe_messages": 10,
+                "stop_p99_ms": plan.s6_stop_p99_ms,
+                "concurrency": 50,
+            }
+            if target.name.startswith("ours") or ctx.profile == "py-spy":
+                job["profile"] = {"path": str(ctx.workdir / f"s6-{target.name}.speedscope.json"), "seconds": 12}
+            timeout = 300 + plan.s6_rooms * plan.s6_members / 20 + len(plan.s6_rates) * (plan.s6_step_s + 40)
+            result = loadgen_run(ctx, job, timeout)
+            profile_attach(result, job)
+            if target.name.startswith("ours") and "steps" in result:
+                # Persisted before anyone saw it: every message the ramp sent must be a row, once.
+                marks = db_markers(server)
+                result["db_checked"] = marks is not None
+                for step in result["steps"]:
+                    found = (marks or {}).get(step.get("step"), {"persisted": 0, "duplicates": 0})
+                    step["persisted"] = found["persisted"] if marks is not None else None
+                    step["persist_duplicates"] = found["duplicates"] if marks is not None else None
+            return result
+
+        out[key][target.name] = with_server(ctx, target, rooms, run, users=plan.s6_rooms * plan.s6_members)
     return out

@@ -162,3 +162,25 @@ def targets_all() -> dict[str, Target]:
         "ours-core": Ours("ours-core", layer="core"),
         "ours-uvicorn": Ours("ours-uvicorn", layer="pubsub", server="uvicorn"),
     }
+
+
+SERVER_ROWS = {"daphne": "ours", "uvicorn": "ours-uvicorn", "granian": "ours-granian"}
+
+
+def default_server() -> str:
+    """The ASGI server docker-compose.yml (and so `make stack`) runs unless told otherwise."""
+    import re
+
+    for path in (procs.REPO / "docker-compose.yml", procs.REPO / "deploy" / "entrypoint.sh"):
+        try:
+            found = re.search(r"ASGI_SERVER:-([a-z]+)", path.read_text())
+        except OSError:
+            continue
+        if found:
+            return found[1]
+    return "daphne"
+
+
+def default_row() -> str:
+    """The row of the default server ("ours" for daphne, "ours-uvicorn" for uvicorn)."""
+    return SERVER_ROWS.get(default_server(), "ours")
