@@ -224,6 +224,10 @@ class DbStats:
             self.conn.close()
 
 
+def query_add(path: str, param: str) -> str:
+    return path + ("&" if "?" in path else "?") + param
+
+
 def message_encode(protocol: str, text: str, client_id: str) -> str:
     if protocol == "ceiling":
         return text
@@ -886,7 +890,7 @@ class Storm:
         sock.generation += 1
         sock.attempts += 1
         sock.hello = loop.create_future() if self.ours else None
-        path = sock.path + (f"?after={sock.cursor}" if resume and self.ours else "")
+        path = query_add(sock.path, f"after={sock.cursor}") if resume and self.ours else sock.path
         handler = self.frame_handler(sock, sock.generation)
         try:
             client = await ws_connect(sock.index, self.host, self.port, path, sock.headers, handler)
@@ -1194,7 +1198,7 @@ class Soak:
     async def member_connect(self, member: Member) -> bool:
         path = self.path
         if self.fleet.protocol == "ours" and member.last_id:
-            path += f"?after={member.last_id}"
+            path = query_add(path, f"after={member.last_id}")
         member.ready_at = 0
         for attempt in range(5):
             try:

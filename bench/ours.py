@@ -177,7 +177,9 @@ class Ours(Target):
             raise
         origin = f"http://127.0.0.1:{port}"
         headers = [{"Cookie": f"{info['cookie']}={session}", "Origin": origin} for session in info["sessions"]]
-        server = Server(self.name, self.protocol, port, proc, "/ws/rooms/{room}/", redis=redis, headers=headers)
+        # As the browser connects: presence as versioned deltas (issue 14), the full list only in hello.
+        path = "/ws/rooms/{room}/?presence=delta"
+        server = Server(self.name, self.protocol, port, proc, path, redis=redis, headers=headers)
         server.extra["pg_name"] = pg_name
         server.extra["database_url"] = database_url
         server.extra["db_stats"] = str(db_stats)
