@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import subprocess
+import time
 from pathlib import Path
 
 from bench import procs
@@ -211,9 +212,18 @@ def _manage(args: list[str], env: dict[str, str], log_path: Path, stdin: str | N
 
 
 def _psql(sql: str) -> None:
-    subprocess.run(
-        ["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-c", sql],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
+    """Run one statement on the shared PostgreSQL; a busy server (other test runs' connections) is retried."""
+    last = ""
+    for attempt in range(6):
+        done = subprocess.run(
+            ["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-c", sql],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if done.returncode == 0:
+            return
+        last = done.stderr.strip()[-300:]
+        logger.warning("psql failed (attempt %s): %s", attempt + 1, last)
+        time.sleep(2 + 2 * attempt)
+    raise RuntimeError(f"psql {sql[:60]!r} failed: {last}")
