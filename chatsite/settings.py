@@ -7,6 +7,7 @@ This is the only module that reads the environment: everything else reads
 from __future__ import annotations
 
 import logging
+import os
 import re
 from pathlib import Path
 
@@ -246,6 +247,32 @@ CHAT_HELLO_MESSAGES = 50
 CHAT_RESUME_MAX = 500
 CHAT_HISTORY_MAX = 100
 
+# --- API ------------------------------------------------------------------
+# docs/api.md. Requests per token (all endpoints, every process together; 0
+# disables); messages posted also count against CHAT_RATE_LIMIT, like a socket's.
+API_RATE_LIMIT = _rate(env.str("API_RATE_LIMIT", default="1200/60s"))
+# The largest JSON body a request may carry (413 beyond it).
+API_MAX_BODY_BYTES = env.int("API_MAX_BODY_BYTES", default=64 * 1024)
+# SSE: a comment line this often keeps proxies from closing a quiet stream.
+API_SSE_HEARTBEAT_SECONDS = env.float("API_SSE_HEARTBEAT_SECONDS", default=15.0)
+# SSE streams one user may hold open on one server process (429 beyond it).
+API_SSE_MAX_PER_USER = env.int("API_SSE_MAX_PER_USER", default=20)
+# Events a slow SSE reader may fall behind by before its stream is closed (it
+# reconnects with Last-Event-ID and resumes from the database).
+API_SSE_BACKLOG_MAX = env.int("API_SSE_BACKLOG_MAX", default=2000)
+# Outgoing webhooks: deliveries to private, loopback, link-local or multicast
+# addresses are refused unless this is on (tests, a trusted intranet).
+WEBHOOK_ALLOW_PRIVATE = env.bool("WEBHOOK_ALLOW_PRIVATE", default=False)
+WEBHOOK_TIMEOUT_SECONDS = env.float("WEBHOOK_TIMEOUT_SECONDS", default=5.0)
+# Attempts per delivery, the first retry's delay (doubling after each failure,
+# at most WEBHOOK_RETRY_MAX_SECONDS), deliveries in flight per process, and
+# how often each process looks for due ones.
+WEBHOOK_MAX_ATTEMPTS = env.int("WEBHOOK_MAX_ATTEMPTS", default=8)
+WEBHOOK_RETRY_BASE_SECONDS = env.float("WEBHOOK_RETRY_BASE_SECONDS", default=10.0)
+WEBHOOK_RETRY_MAX_SECONDS = env.float("WEBHOOK_RETRY_MAX_SECONDS", default=3600.0)
+WEBHOOK_CONCURRENCY = env.int("WEBHOOK_CONCURRENCY", default=4)
+WEBHOOK_POLL_SECONDS = env.float("WEBHOOK_POLL_SECONDS", default=1.0)
+
 # --- Assistant ------------------------------------------------------------
 OPENAI_API_KEY = env.str("OPENAI_API_KEY", default="")
 OPENAI_BASE_URL = env.str("OPENAI_BASE_URL", default="") or None
@@ -273,6 +300,23 @@ ASSISTANT_STALE_SECONDS = env.float("ASSISTANT_STALE_SECONDS", default=5.0)
 ASSISTANT_HEARTBEAT_SECONDS = env.float("ASSISTANT_HEARTBEAT_SECONDS", default=1.5)
 ASSISTANT_SWEEP_SECONDS = env.float("ASSISTANT_SWEEP_SECONDS", default=1.0)
 ASSISTANT_DEMO_DELAY_MS = env.int("ASSISTANT_DEMO_DELAY_MS", default=30)
+# API keys a room assistant may name (its "key env"): every environment variable
+# whose name ends in _API_KEY. The database holds the name, never the key.
+ASSISTANT_API_KEYS = {name: value for name, value in os.environ.items() if name.endswith("_API_KEY") and value}
+# What replies cost: model -> dollars per million input and output tokens, e.g.
+# {"gpt-4o-mini": {"input": 0.15, "output": 0.6}}. A model not listed costs nothing
+# that budgets in dollars can see (token budgets still count it).
+ASSISTANT_PRICES = env.json("ASSISTANT_PRICES", default={"gpt-4o-mini": {"input": 0.15, "output": 0.6}})
+# Budgets (0: none), per user (charged to who asked) and per room (rooms may
+# override theirs in the admin), per UTC day and month, in tokens and dollars.
+ASSISTANT_BUDGET_USER_DAILY_TOKENS = env.int("ASSISTANT_BUDGET_USER_DAILY_TOKENS", default=0)
+ASSISTANT_BUDGET_USER_MONTHLY_TOKENS = env.int("ASSISTANT_BUDGET_USER_MONTHLY_TOKENS", default=0)
+ASSISTANT_BUDGET_USER_DAILY_COST = env.float("ASSISTANT_BUDGET_USER_DAILY_COST", default=0.0)
+ASSISTANT_BUDGET_USER_MONTHLY_COST = env.float("ASSISTANT_BUDGET_USER_MONTHLY_COST", default=0.0)
+ASSISTANT_BUDGET_ROOM_DAILY_TOKENS = env.int("ASSISTANT_BUDGET_ROOM_DAILY_TOKENS", default=0)
+ASSISTANT_BUDGET_ROOM_MONTHLY_TOKENS = env.int("ASSISTANT_BUDGET_ROOM_MONTHLY_TOKENS", default=0)
+ASSISTANT_BUDGET_ROOM_DAILY_COST = env.float("ASSISTANT_BUDGET_ROOM_DAILY_COST", default=0.0)
+ASSISTANT_BUDGET_ROOM_MONTHLY_COST = env.float("ASSISTANT_BUDGET_ROOM_MONTHLY_COST", default=0.0)
 
 # --- Auth, sessions, security --------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [

@@ -7,7 +7,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from . import services
-from .models import Membership, Message, Room, RoomRead
+from .models import Assistant, Membership, Message, Room, RoomRead
 
 
 class MembershipInline(admin.TabularInline):
@@ -18,30 +18,45 @@ class MembershipInline(admin.TabularInline):
     fields = ["user", "role", "joined"]
 
 
+class AssistantInline(admin.StackedInline):
+    model = Assistant
+    extra = 0
+    fields = [
+        ("name", "enabled", "position"),
+        ("model", "base_url", "key_env"),
+        "system_prompt",
+        ("temperature", "max_tokens", "context_chars"),
+    ]
+
+
 @admin.register(Room)
 class RoomAdmin(admin.ModelAdmin):
-    list_display = ["name", "slug", "is_private", "assistant_enabled", "assistant_name", "created"]
-    list_filter = ["is_private", "assistant_enabled"]
+    list_display = ["name", "slug", "is_private", "assistant_names", "created"]
+    list_filter = ["is_private"]
     search_fields = ["name", "slug"]
     prepopulated_fields = {"slug": ["name"]}
     readonly_fields = ["created", "last_seq"]
-    inlines = [MembershipInline]
+    inlines = [AssistantInline, MembershipInline]
     fieldsets = [
         (None, {"fields": ["name", "slug", "is_private", "created_by", "created", "last_seq"]}),
+        ("Who may use the assistants", {"fields": ["assistant_invoke", "assistant_stop"]}),
         (
-            "Assistant",
+            "Budgets of the room (blank: the ASSISTANT_BUDGET_ROOM_* settings)",
             {
                 "fields": [
-                    "assistant_enabled",
-                    "assistant_name",
-                    "assistant_model",
-                    "assistant_system_prompt",
-                    "assistant_temperature",
-                    "assistant_max_tokens",
+                    ("budget_daily_tokens", "budget_monthly_tokens"),
+                    ("budget_daily_cost", "budget_monthly_cost"),
                 ]
             },
         ),
     ]
+
+    @admin.display(description="assistants")
+    def assistant_names(self, obj: Room) -> str:
+        return ", ".join(f"@{a.name}" + ("" if a.enabled else " (off)") for a in obj.assistants.all()) or "-"
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Room]:
+        return super().get_queryset(request).prefetch_related("assistants")
 
 
 @admin.register(Membership)
@@ -84,7 +99,11 @@ class MessageAdmin(admin.ModelAdmin):
         "html",
         "reply_to",
         "mentions",
-        "reply_state",
+        "assistant",
+        "asked_by",
+        "cost",
+        "versions",
+        "visible_to",
         "heartbeat",
         "in_reply_to",
         "stream_seq",

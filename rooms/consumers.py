@@ -26,20 +26,14 @@ from django.conf import settings
 
 from . import events, presence, selectors
 from .access import AccessLost, access_check_fresh
-from .assistant import background_ensure, reply_cancel, reply_request
+from .assistant import ask
+from .assistant.cancel import reply_cancel
 from .db import DatabaseUnavailable, db_run
 from .models import Message, Room
 from .presence import TooManySockets
 from .ratelimit import rate_hit
 from .realtime import group_publish, hub, layer_health, room_group, user_group
-from .services import (
-    ServiceError,
-    message_delete,
-    message_edit,
-    message_send,
-    message_update_send,
-    read_mark,
-)
+from .services import ServiceError, message_delete, message_edit, message_update_send, read_mark
 from .socketauth import session_user_resolve, socket_refuse
 from .tasks import tasks
 
@@ -222,7 +216,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
         if after_error:
             await self._send_error(events.BAD_REQUEST, after_error)
         layer_health.register(self)
-        background_ensure()
+        ask.background_ensure()
         self._session_timer_start()
 
     def _after_param(self) -> tuple[int | None, str | None]:
@@ -250,6 +244,10 @@ class RoomConsumer(AsyncWebsocketConsumer):
         frame, sent, cut = events.hello_frame(
             room_slug=room.slug,
             room_name=room.name,
+            assistants=[
+                {"name": a.name, "model": a.model or settings.ASSISTANT_MODEL} for a in ask.room_assistants(room)
+            ],
+            private=selectors.private_replies(room, self.user),
             username=self.username,
             presence=joined.users,
             presence_version=joined.version,
@@ -259,7 +257,6 @@ class RoomConsumer(AsyncWebsocketConsumer):
             streaming=streaming,
             truncated=truncated,
             resume=after is not None,
-            assistant_name=room.assistant_name if room.assistant_enabled else None,
             limit=settings.CHAT_MAX_SEND_FRAME_BYTES,
         )
         # Only what hello carries counts as seen: what a resume's bounded hello
@@ -400,7 +397,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
         except BadFrame as exc:
             await self._send_error(exc.code, exc.detail, client_id)
         except ServiceError as exc:
-            await self._send_error(exc.code, exc.detail, client_id)
+            await self._send_error(exc.code, exc.detail, client_id, exc.extra)
         except DatabaseUnavailable:
             await self._send_error(events.UNAVAILABLE, "the server cannot reach its database; try again", client_id)
         except AccessLost as exc:
@@ -428,6 +425,16 @@ class RoomConsumer(AsyncWebsocketConsumer):
             await self._assistant_cancel(payload)
         elif kind == events.ASSISTANT_FETCH:
             await self._assistant_fetch(payload)
+        elif kind == events.ASSISTANT_REGENERATE:
+            assert self.room is not None
+            reply_id = _int_field(payload, "reply_id", minimum=1)
+            await ask.reply_regenerate(self.room, self.user, reply_id)
+        elif kind == events.ASSISTANT_CATCHUP:
+            assert self.room is not None
+            name = payload.get("assistant")
+            if name is not None and (not isinstance(name, str) or not 0 < len(name) <= 32):
+                raise BadFrame(events.BAD_REQUEST, "assistant must be an assistant's name")
+            await ask.catchup(self.room, self.user, name)
         elif kind == events.MESSAGE_EDIT:
             await self._message_edit(payload)
         elif kind == events.MESSAGE_DELETE:
@@ -457,7 +464,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
         client_id = payload.get("client_id")
         unsure = self.unsure_ids is not None and client_id in self.unsure_ids
         try:
-            message, created = await message_send(
+            await ask.message_send_asking(
                 room=self.room,
                 user=self.user,
                 text=payload["text"],
@@ -476,8 +483,6 @@ class RoomConsumer(AsyncWebsocketConsumer):
             raise
         if unsure and self.unsure_ids is not None:
             self.unsure_ids.discard(client_id)
-        if created and message.reply_state == Message.ReplyState.PENDING:
-            reply_request(self.room, message)
 
     async def _message_ack(self, message: Message) -> None:
         # The sender hears back directly, before the broadcast, so a stalled
@@ -580,8 +585,10 @@ class RoomConsumer(AsyncWebsocketConsumer):
             raise BadFrame(events.NOT_FOUND, "no assistant reply with that id in this room")
         await self.send(text_data=events.assistant_snapshot_frame(reply))
 
-    async def _send_error(self, code: str, detail: str, client_id: str | None = None) -> None:
-        await self.send(text_data=events.error_frame(code, detail, client_id))
+    async def _send_error(
+        self, code: str, detail: str, client_id: str | None = None, extra: dict[str, Any] | None = None
+    ) -> None:
+        await self.send(text_data=events.error_frame(code, detail, client_id, extra))
 
     # --- Group events --------------------------------------------------------------
 
@@ -597,6 +604,8 @@ class RoomConsumer(AsyncWebsocketConsumer):
             return
         kind = message.get("type")
         if kind == events.ROOM_EVENT:
+            if message.get("room_id", self.room.pk if self.room else None) != (self.room.pk if self.room else None):
+                return  # a private reply's frame, for this user's sockets in another room
             frame = self._room_event_frame(message)
             if frame is not None:
                 await self._frame_write(frame)

@@ -37,6 +37,8 @@ ASSISTANT_QUEUED = "assistant.queued"
 ASSISTANT_SNAPSHOT = "assistant.snapshot"
 PONG = "pong"
 CHUNK = "chunk"
+# Server-sent events only (the HTTP API, docs/api.md): the stream is live.
+READY = "ready"
 
 # Client -> server frame types.
 MESSAGE_SEND = "message.send"
@@ -47,6 +49,8 @@ TYPING_SET = "typing"
 HISTORY_FETCH = "history.fetch"
 ASSISTANT_CANCEL = "assistant.cancel"
 ASSISTANT_FETCH = "assistant.fetch"
+ASSISTANT_REGENERATE = "assistant.regenerate"
+ASSISTANT_CATCHUP = "assistant.catchup"
 PRESENCE_FETCH = "presence.fetch"
 PING = "ping"
 
@@ -59,6 +63,7 @@ NOT_FOUND = "not_found"
 UNAVAILABLE = "unavailable"
 INTERNAL = "internal"
 FORBIDDEN = "forbidden"
+BUDGET_EXCEEDED = "budget_exceeded"
 
 # Close codes (autobahn lets an application send only 1000 and 3000-4999).
 CLOSE_NOT_AUTHENTICATED = 4401
@@ -82,6 +87,8 @@ USER_REMOVED = "user.removed"
 USER_NOTIFY = "user.notify"
 REPLY_CANCEL = "reply.cancel"
 HEALTH_ECHO = "health.echo"
+# User groups: an API token was revoked (its event streams end).
+API_TOKEN_REVOKED = "api.token_revoked"
 
 
 def dumps(payload: dict[str, Any]) -> str:
@@ -112,15 +119,20 @@ def message_payload(message: Message) -> dict[str, Any]:
         "reply_to": quote_payload(message.reply_to) if message.reply_to_id else None,
         "mentions": message.mentions,
     }
+    if message.visible_to_id is not None:
+        payload["private"] = True
     if message.role == Message.Role.ASSISTANT:
         payload["in_reply_to"] = message.in_reply_to_id
         payload["model"] = message.model
+        payload["versions"] = message.versions
         if message.status in (Message.Status.ERROR, Message.Status.INTERRUPTED) and message.error:
             payload["error"] = message.error
         if message.status == Message.Status.CANCELLED and message.cancelled_by:
             payload["cancelled_by"] = message.cancelled_by
         if message.finish_reason:
             payload["finish_reason"] = message.finish_reason
+    if message.author_bot:
+        payload["bot"] = True
     return payload
 
 
@@ -216,6 +228,8 @@ def hello_frame(
     *,
     room_slug: str,
     room_name: str,
+    assistants: list[dict[str, str]],
+    private: list[Message],
     username: str,
     presence: list[str],
     presence_version: int,
@@ -225,7 +239,6 @@ def hello_frame(
     streaming: list[Message],
     truncated: bool,
     resume: bool,
-    assistant_name: str | None,
     limit: int,
 ) -> tuple[str, list[Message], bool]:
     """The hello frame within ``limit`` bytes; returns ``(frame, messages sent, cut)``.
@@ -237,13 +250,20 @@ def hello_frame(
     """
     head: dict[str, Any] = {
         "type": HELLO,
-        "room": {"slug": room_slug, "name": room_name, "assistant": assistant_name},
+        "room": {
+            "slug": room_slug,
+            "name": room_name,
+            "assistant": assistants[0]["name"] if assistants else None,
+            "assistants": assistants,
+        },
         "user": {"username": username, "moderator": moderator},
         "presence": presence,
         "presence_version": presence_version,
         "last_read_seq": last_read_seq,
         "streaming": [streaming_payload(r) for r in streaming],
     }
+    if private:
+        head["private"] = [message_payload(m) for m in private]
     budget = limit - utf8_len(dumps(head)) - 64
     sent, parts, cut = messages_fit(messages, budget, keep="oldest" if resume else "newest")
     if truncated or (cut and resume):
@@ -297,8 +317,8 @@ def history_frame(messages: list[Message], has_more: bool, *, keep: str, limit: 
     return '{"type":"history","messages":' + _json_list(parts) + ',"has_more":' + more + "}", sent, cut
 
 
-def error_frame(code: str, detail: str, client_id: str | None = None) -> str:
-    payload: dict[str, Any] = {"type": ERROR, "code": code, "detail": detail}
+def error_frame(code: str, detail: str, client_id: str | None = None, extra: dict[str, Any] | None = None) -> str:
+    payload: dict[str, Any] = {"type": ERROR, "code": code, "detail": detail, **(extra or {})}
     if client_id is not None:
         payload["client_id"] = client_id
     return dumps(payload)
@@ -310,35 +330,83 @@ def pong_frame(last_seq: int, streaming: list[int]) -> str:
     return dumps({"type": PONG, "last_seq": last_seq, "streaming": streaming})
 
 
+def _private(payload: dict[str, Any], private: bool) -> dict[str, Any]:
+    if private:
+        payload["private"] = True
+    return payload
+
+
 def assistant_start_frame(reply: Message) -> str:
     return dumps(
-        {
-            "type": ASSISTANT_START,
-            "reply_id": reply.id,
-            "in_reply_to": reply.in_reply_to_id,
-            "message": message_payload(reply),
-        }
+        _private(
+            {
+                "type": ASSISTANT_START,
+                "reply_id": reply.id,
+                "in_reply_to": reply.in_reply_to_id,
+                "message": message_payload(reply),
+            },
+            reply.visible_to_id is not None,
+        )
     )
 
 
-def assistant_delta_frame(reply_id: int, seq: int, text: str) -> str:
-    return dumps({"type": ASSISTANT_DELTA, "reply_id": reply_id, "seq": seq, "text": text})
+def assistant_delta_frame(reply_id: int, seq: int, text: str, *, private: bool = False) -> str:
+    return dumps(_private({"type": ASSISTANT_DELTA, "reply_id": reply_id, "seq": seq, "text": text}, private))
 
 
 def assistant_end_frame(reply: Message) -> str:
-    return dumps({"type": ASSISTANT_END, "reply_id": reply.id, "message": message_payload(reply)})
+    return dumps(
+        _private(
+            {"type": ASSISTANT_END, "reply_id": reply.id, "message": message_payload(reply)},
+            reply.visible_to_id is not None,
+        )
+    )
 
 
-def assistant_queued_frame(in_reply_to: int, position: int) -> str:
-    return dumps({"type": ASSISTANT_QUEUED, "in_reply_to": in_reply_to, "position": position})
+def assistant_queued_frame(in_reply_to: int | None, position: int, *, assistant: str | None = None) -> str:
+    payload: dict[str, Any] = {"type": ASSISTANT_QUEUED, "in_reply_to": in_reply_to, "position": position}
+    if assistant is not None:
+        payload["assistant"] = assistant
+    return dumps(payload)
 
 
 def assistant_snapshot_frame(reply: Message) -> str:
     """A reply's state for a client that missed a delta: the text so far and the
     delta ``seq`` it ends with while it streams, or the final message once ended."""
+    private = reply.visible_to_id is not None
     if reply.status == Message.Status.STREAMING:
-        return dumps({"type": ASSISTANT_SNAPSHOT, "reply_id": reply.id, "streaming": streaming_payload(reply)})
-    return dumps({"type": ASSISTANT_SNAPSHOT, "reply_id": reply.id, "message": message_payload(reply)})
+        return dumps(
+            _private({"type": ASSISTANT_SNAPSHOT, "reply_id": reply.id, "streaming": streaming_payload(reply)}, private)
+        )
+    return dumps(
+        _private({"type": ASSISTANT_SNAPSHOT, "reply_id": reply.id, "message": message_payload(reply)}, private)
+    )
+
+
+def ready_frame(
+    *,
+    room_slug: str,
+    room_name: str,
+    username: str,
+    bot: bool,
+    cursor: str,
+    last_seq: int,
+    resumed: bool,
+    replayed: int,
+) -> str:
+    """The event stream's (SSE) ``ready``: what came before it was the replay
+    (``replayed`` events), what follows is live; ``cursor`` is where it stands."""
+    return dumps(
+        {
+            "type": READY,
+            "room": {"slug": room_slug, "name": room_name},
+            "user": {"username": username, "bot": bot},
+            "cursor": cursor,
+            "last_seq": last_seq,
+            "resumed": resumed,
+            "replayed": replayed,
+        }
+    )
 
 
 # --- Channel-layer envelopes ------------------------------------------------

@@ -5,6 +5,7 @@ from typing import Any
 from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
+from django.db.models.functions import Lower
 from django.utils import timezone
 
 
@@ -19,16 +20,23 @@ class Room(models.Model):
     # The seq of the room's newest message. Bumped under a row lock, so seq has no holes.
     last_seq = models.PositiveBigIntegerField(default=0, editable=False)
 
-    assistant_enabled = models.BooleanField(default=True)
-    assistant_name = models.CharField(
-        max_length=32, default="assistant", help_text="Mentioned as @name (one word, case-insensitive)."
-    )
-    assistant_model = models.CharField(max_length=100, blank=True, help_text="Blank: the ASSISTANT_MODEL setting.")
-    assistant_system_prompt = models.TextField(blank=True, help_text="Blank: the built-in prompt.")
-    assistant_temperature = models.FloatField(
-        null=True, blank=True, validators=[MinValueValidator(0.0), MaxValueValidator(2.0)]
-    )
-    assistant_max_tokens = models.PositiveIntegerField(null=True, blank=True)
+    # Who may ask this room's assistants, and who may stop a reply.
+    class Invoke(models.TextChoices):
+        EVERYONE = "everyone", "everyone who can open the room"
+        MEMBERS = "members", "members of the room"
+        MODERATORS = "moderators", "room moderators"
+
+    class Stop(models.TextChoices):
+        ANYONE = "anyone", "anyone in the room"
+        ASKER = "asker", "the asker and room moderators"
+
+    assistant_invoke = models.CharField(max_length=16, choices=Invoke.choices, default=Invoke.EVERYONE)
+    assistant_stop = models.CharField(max_length=16, choices=Stop.choices, default=Stop.ANYONE)
+    # Budgets of the whole room (blank: the ASSISTANT_BUDGET_ROOM_* settings).
+    budget_daily_tokens = models.PositiveBigIntegerField(null=True, blank=True)
+    budget_monthly_tokens = models.PositiveBigIntegerField(null=True, blank=True)
+    budget_daily_cost = models.DecimalField(max_digits=12, decimal_places=4, null=True, blank=True)
+    budget_monthly_cost = models.DecimalField(max_digits=12, decimal_places=4, null=True, blank=True)
 
     members = models.ManyToManyField(settings.AUTH_USER_MODEL, through="Membership", related_name="rooms")
 
@@ -82,14 +90,9 @@ class Message(models.Model):
         ERROR = "error"
         INTERRUPTED = "interrupted"
 
-    class ReplyState(models.TextChoices):
-        NONE = ""
-        PENDING = "pending"
-        STARTED = "started"
-        REFUSED = "refused"
-
     room = models.ForeignKey(Room, on_delete=models.CASCADE, related_name="messages")
-    seq = models.PositiveBigIntegerField()
+    # NULL only for a private reply (a catch-up), which is not part of the room's log.
+    seq = models.PositiveBigIntegerField(null=True, blank=True)
     author = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
@@ -103,9 +106,7 @@ class Message(models.Model):
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.COMPLETE)
     created = models.DateTimeField(default=timezone.now, editable=False)
 
-    # A user message that mentions the assistant waits in its room's queue.
-    reply_state = models.CharField(max_length=16, choices=ReplyState.choices, default="", blank=True)
-    # The waiting or streaming worker checks in here; a stale beat means its process died.
+    # The streaming worker checks in here; a stale beat means its process died.
     heartbeat = models.DateTimeField(null=True, blank=True, editable=False)
 
     # Assistant replies only.
@@ -122,6 +123,18 @@ class Message(models.Model):
     cancelled_by = models.CharField(max_length=150, blank=True)
     finished = models.DateTimeField(null=True, blank=True)
     context_ids = models.JSONField(default=list, blank=True, help_text="Messages the model was shown.")
+    assistant = models.ForeignKey("Assistant", null=True, blank=True, on_delete=models.SET_NULL, related_name="replies")
+    # Who asked (the usage and budgets are theirs), what it cost (ASSISTANT_PRICES).
+    asked_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    cost = models.DecimalField(max_digits=12, decimal_places=6, null=True, blank=True)
+    # The other versions of this reply (regenerated), oldest first.
+    versions = models.JSONField(default=list, blank=True, editable=False)
+    # A private reply (a catch-up) is shown to this user only.
+    visible_to = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE, related_name="+"
+    )
 
     # Edits and deletes. A deleted message keeps its row (id, seq) with empty text.
     edited = models.DateTimeField(null=True, blank=True, editable=False)
@@ -149,11 +162,85 @@ class Message(models.Model):
             models.Index(fields=["room", "id"], name="message_room_id"),
             models.Index(fields=["room", "change_mark"], name="message_room_change"),
             models.Index(fields=["status"], name="message_status", condition=models.Q(status="streaming")),
-            models.Index(fields=["reply_state"], name="message_reply_state", condition=~models.Q(reply_state="")),
+            models.Index(fields=["asked_by", "finished"], name="message_usage_user"),
+            models.Index(fields=["room", "finished"], name="message_usage_room"),
         ]
 
     def __str__(self) -> str:
         return f"{self.room.slug}#{self.seq} {self.author_name}"
+
+
+class Assistant(models.Model):
+    """One of a room's assistants, mentioned as @name. Its key is never stored:
+    ``key_env`` names the environment variable that holds it."""
+
+    room = models.ForeignKey(Room, on_delete=models.CASCADE, related_name="assistants")
+    name = models.CharField(max_length=32, help_text="Mentioned as @name (one word, case-insensitive).")
+    enabled = models.BooleanField(default=True)
+    position = models.PositiveSmallIntegerField(default=0, help_text="Order in the room's list.")
+    model = models.CharField(max_length=100, blank=True, help_text="Blank: the ASSISTANT_MODEL setting.")
+    base_url = models.CharField(
+        max_length=200, blank=True, help_text="An OpenAI-compatible API. Blank: the OPENAI_BASE_URL setting."
+    )
+    key_env = models.CharField(
+        max_length=64,
+        blank=True,
+        help_text="The environment variable holding its API key (a name ending in _API_KEY). Blank: OPENAI_API_KEY.",
+    )
+    system_prompt = models.TextField(blank=True, help_text="Blank: the built-in prompt.")
+    temperature = models.FloatField(null=True, blank=True, validators=[MinValueValidator(0.0), MaxValueValidator(2.0)])
+    max_tokens = models.PositiveIntegerField(null=True, blank=True, help_text="Output-token limit.")
+    context_chars = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Context budget in characters. Blank: ASSISTANT_CONTEXT_CHARS."
+    )
+
+    class Meta:
+        ordering = ["position", "id"]
+        constraints = [models.UniqueConstraint(Lower("name"), "room", name="assistant_name_unique")]
+
+    def __str__(self) -> str:
+        return f"@{self.name} in {self.room}"
+
+
+class AssistantRequest(models.Model):
+    """A question waiting for (or given) an assistant's reply: one per assistant
+    a message mentions, one per regenerate, one per catch-up. The queue of a
+    room (and of the site) is its pending requests, oldest first."""
+
+    class Kind(models.TextChoices):
+        ANSWER = "answer"
+        REGENERATE = "regenerate"
+        CATCHUP = "catchup"
+
+    class State(models.TextChoices):
+        PENDING = "pending"
+        STARTED = "started"
+        REFUSED = "refused"
+
+    room = models.ForeignKey(Room, on_delete=models.CASCADE, related_name="assistant_requests")
+    assistant = models.ForeignKey(Assistant, null=True, on_delete=models.SET_NULL, related_name="requests")
+    # The question (none for a catch-up).
+    message = models.ForeignKey(Message, null=True, blank=True, on_delete=models.CASCADE, related_name="+")
+    requester = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.ANSWER)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.PENDING)
+    created = models.DateTimeField(default=timezone.now)
+    # A waiting worker checks in here; a stale beat means its process died.
+    heartbeat = models.DateTimeField(null=True, blank=True)
+    reply = models.ForeignKey(Message, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    regenerates = models.ForeignKey(Message, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    # A catch-up summarises from here (the asker's last read seq).
+    since_seq = models.PositiveBigIntegerField(default=0)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["room", "id"], name="request_pending", condition=models.Q(state="pending")),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} #{self.pk} ({self.state})"
 
 
 class RoomRead(models.Model):
@@ -169,3 +256,7 @@ class RoomRead(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user} read {self.room} to {self.last_read_seq}"
+
+
+# The API's tables (tokens, bot profiles, webhooks); they also add Message.author_bot.
+from .api.models import *  # noqa: E402, F403

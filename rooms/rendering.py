@@ -251,6 +251,11 @@ def _mention_render(
     return f'<span class="{MENTION_CSS_CLASS}">@{escapeHtml(tokens[idx].content)}</span>'
 
 
+def mention_pattern(name: str) -> re.Pattern[str]:
+    """``@name`` as a word, case-insensitive (an assistant's mention)."""
+    return re.compile(rf"(?<![\w@])@{re.escape(name)}(?![\w-])", re.IGNORECASE)
+
+
 def mentions_in(text: str) -> list[str]:
     """The candidate usernames ``text`` mentions (``@name``), in order, once each."""
     seen: dict[str, None] = {}

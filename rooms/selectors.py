@@ -21,6 +21,10 @@ def room_get(slug: str) -> Room | None:
     return Room.objects.filter(slug=slug).first()
 
 
+def room_get_fresh(room_id: int) -> Room | None:
+    return Room.objects.filter(pk=room_id).first()
+
+
 def room_get_visible(slug: str, user: AbstractBaseUser) -> Room | None:
     """The room, if ``user`` may open it; a private room they may not see is
     answered exactly like a room that does not exist (no probing for names)."""
@@ -37,9 +41,9 @@ def room_list_for_user(user: AbstractBaseUser) -> QuerySet[Room]:
     read = RoomRead.objects.filter(room=OuterRef("pk"), user=user).values("last_read_seq")[:1]
     rooms = Room.objects.filter(Q(is_private=False) | Q(pk__in=Membership.objects.filter(user=user).values("room")))
     rooms = rooms.annotate(read_seq=Coalesce(Subquery(read), 0))
-    unread = Message.objects.filter(room=OuterRef("pk"), seq__gt=OuterRef("read_seq"), deleted=False).exclude(
-        author=user
-    )
+    unread = Message.objects.filter(
+        room=OuterRef("pk"), seq__gt=OuterRef("read_seq"), deleted=False, visible_to=None
+    ).exclude(author=user)
     counted = (
         unread.order_by().values("room").annotate(n=Count("pk")).values("n")  # one aggregate per room
     )
@@ -70,8 +74,9 @@ def message_list_latest(room: Room, limit: int) -> list[Message]:
 
 
 def _messages() -> QuerySet[Message]:
-    # Every message sent to a client carries its quote: fetched with it, not per row.
-    return Message.objects.select_related("reply_to")
+    """The room's log as everyone sees it (no one's private replies); every
+    message sent to a client carries its quote, fetched with it, not per row."""
+    return Message.objects.filter(visible_to=None).select_related("reply_to")
 
 
 @dataclass
@@ -90,7 +95,12 @@ def message_list_after(room: Room, after_id: int, limit: int) -> Resume:
     rows = list(_messages().filter(room=room, id__gt=after_id).order_by("seq")[: limit + 1])
     truncated = len(rows) > limit
     rows = rows[:limit]
-    anchor = Message.objects.filter(room=room, id=after_id).only("created", "seq").first()
+    anchor = (
+        Message.objects.filter(room=room, id__lte=after_id, visible_to=None)
+        .order_by("-id")
+        .only("created", "seq")
+        .first()
+    )
     if anchor is not None:
         # Replies that finished, and rows edited or deleted, since the client's
         # newest message was the newest.
@@ -125,16 +135,29 @@ def history_page(room: Room, user: AbstractBaseUser, *, before: int | None, afte
 
 
 def reply_get(room: Room, user: AbstractBaseUser, reply_id: int) -> Message | None:
-    """A socket's ``assistant.fetch``: an assistant reply of the room, streaming or not."""
+    """A socket's ``assistant.fetch``: an assistant reply of the room (or the
+    user's own private one), streaming or not."""
     fresh = access_check_fresh(room.pk, user)
-    return _messages().filter(room=fresh, id=reply_id, role=Message.Role.ASSISTANT).first()
+    return (
+        Message.objects.select_related("reply_to")
+        .filter(Q(visible_to=None) | Q(visible_to=user), room=fresh, id=reply_id, role=Message.Role.ASSISTANT)
+        .first()
+    )
+
+
+def private_replies(room: Room, user: AbstractBaseUser, limit: int = 5) -> list[Message]:
+    """``user``'s latest private replies (catch-ups) in ``room``, oldest first."""
+    rows = list(Message.objects.filter(room=room, visible_to=user).order_by("-id")[:limit])
+    rows.reverse()
+    return rows
 
 
 def room_sync_state(room: Room) -> tuple[int, list[int]]:
     """The room's last seq and the ids of replies still streaming."""
     last_seq = Room.objects.filter(pk=room.pk).values_list("last_seq", flat=True).first() or 0
     streaming = list(
-        Message.objects.filter(room=room, role=Message.Role.ASSISTANT, status=Message.Status.STREAMING)
+        _messages()
+        .filter(room=room, role=Message.Role.ASSISTANT, status=Message.Status.STREAMING)
         .order_by("seq")
         .values_list("pk", flat=True)
     )
@@ -143,20 +166,13 @@ def room_sync_state(room: Room) -> tuple[int, list[int]]:
 
 def reply_list_streaming(room: Room) -> list[Message]:
     return list(
-        Message.objects.filter(room=room, role=Message.Role.ASSISTANT, status=Message.Status.STREAMING).order_by("seq")
+        _messages().filter(room=room, role=Message.Role.ASSISTANT, status=Message.Status.STREAMING).order_by("seq")
     )
 
 
-def reply_get_streaming(room: Room, reply_id: int) -> Message | None:
-    return Message.objects.filter(
-        room=room, id=reply_id, role=Message.Role.ASSISTANT, status=Message.Status.STREAMING
-    ).first()
-
-
-def context_messages(room: Room, before_seq: int) -> list[Message]:
+def context_messages(room: Room, before_seq: int, budget: int | None = None) -> list[Message]:
     """The room's most recent finished messages up to ``before_seq``, oldest first,
     within the context budget (oldest dropped first)."""
-    budget = settings.ASSISTANT_CONTEXT_CHARS
     candidates = (
         _messages()
         .filter(room=room, seq__lte=before_seq, deleted=False)
@@ -164,9 +180,26 @@ def context_messages(room: Room, before_seq: int) -> list[Message]:
         .exclude(text="")
         .order_by("-seq")[: settings.ASSISTANT_CONTEXT_MESSAGES]
     )
+    return _within(candidates, budget or settings.ASSISTANT_CONTEXT_CHARS)
+
+
+def context_unread(room: Room, after_seq: int, budget: int) -> list[Message]:
+    """The messages after ``after_seq`` (what someone has not read), newest kept
+    when the budget is short, oldest first."""
+    candidates = (
+        _messages()
+        .filter(room=room, seq__gt=after_seq, deleted=False)
+        .exclude(role=Message.Role.ASSISTANT, status=Message.Status.STREAMING)
+        .exclude(text="")
+        .order_by("-seq")[: settings.ASSISTANT_CONTEXT_MESSAGES * 4]
+    )
+    return _within(candidates, budget)
+
+
+def _within(newest_first: QuerySet[Message], budget: int) -> list[Message]:
     picked: list[Message] = []
     used = 0
-    for message in candidates:
+    for message in newest_first:
         cost = len(message.text) + len(message.author_name) + 2
         if picked and used + cost > budget:
             break

@@ -158,7 +158,7 @@ def room_detail(request: HttpRequest, slug: str) -> HttpResponse:
         "slug": room.slug,
         "name": room.name,
         "username": request.user.get_username(),
-        "assistant": room.assistant_name if room.assistant_enabled else None,
+        "assistant": next((a.name for a in room.assistants.all() if a.enabled), None),
         "maxChars": settings.CHAT_MAX_MESSAGE_CHARS,
     }
     return render(request, "rooms/room_detail.html", {"room": room, "config": config})

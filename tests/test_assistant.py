@@ -274,8 +274,7 @@ async def test_demo_provider_without_key(make_user, make_room, settings):
 async def test_disabled_assistant_stays_silent(make_user, make_room, model_server):
     alice = await mk(make_user)("alice")
     room = await mk(make_room)("quiet")
-    room.assistant_enabled = False
-    await room.asave()
+    await room.assistants.aupdate(enabled=False)
     a1, _ = await open_socket(alice, room.slug)
     await a1.send_json_to({"type": "message.send", "text": "@assistant are you there?"})
     await next_of(a1, "message")
@@ -286,7 +285,7 @@ async def test_disabled_assistant_stays_silent(make_user, make_room, model_serve
 async def test_checkpoints_of_concurrent_replies_share_commits(make_room, monkeypatch):
     """Group commit: replies flushing at once are saved in a few transactions, each
     save returns only once committed, and a swept reply is told so."""
-    from rooms import assistant, services
+    from rooms.assistant import services, stream
 
     room = await mk(make_room)()
     replies = [
@@ -306,7 +305,7 @@ async def test_checkpoints_of_concurrent_replies_share_commits(make_room, monkey
         return real(checkpoints)
 
     monkeypatch.setattr(services, "reply_checkpoint_many", counted)
-    writer = assistant.CheckpointWriter()
+    writer = stream.CheckpointWriter()
     results = await asyncio.gather(*(writer.save(pk, f"text of {pk}", 7) for pk in reply_ids))
     assert results == [True] * 19 + [False]
     assert sum(batches) == 20 and len(batches) < 20, batches

@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 from django.test import override_settings
 
-from rooms import llm
-from rooms.llm import ChatRequest, Delta, Finished, ProviderError
+from rooms.assistant import provider as llm
+from rooms.assistant.provider import ChatRequest, Delta, Finished, ProviderError
 from tests.fakeopenai import (
     DEFAULT_REPLY_TAIL,
     FakeOpenAI,
@@ -99,7 +99,7 @@ def assert_clean(exc: ProviderError, caplog: pytest.LogCaptureFixture) -> None:
         assert "fake upstream body" not in text
         assert "Incorrect API key provided" not in text
         assert "Traceback" not in text
-    assert any(r.name == "rooms.llm" and r.levelno == logging.WARNING for r in caplog.records)
+    assert any(r.name == "rooms.assistant.provider" and r.levelno == logging.WARNING for r in caplog.records)
 
 
 def capture_all_logs(caplog: pytest.LogCaptureFixture) -> None:

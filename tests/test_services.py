@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 
 from rooms import selectors, services
-from rooms.models import Message, Room
+from rooms.assistant import ask
+from rooms.assistant import services as assistant_services
+from rooms.models import AssistantRequest, Message, Room
 from rooms.services import ServiceError
 
 pytestmark = pytest.mark.django_db
@@ -14,8 +16,12 @@ pytestmark = pytest.mark.django_db
 def test_room_needs_only_slug_and_name():
     room = Room.objects.create(slug="plain", name="Plain")
     assert room.is_private is False
-    assert room.assistant_enabled is True
     assert room.last_seq == 0
+
+
+def test_new_rooms_have_one_assistant(make_room):
+    room = make_room()
+    assert [(a.name, a.enabled) for a in room.assistants.all()] == [("assistant", True)]
 
 
 def test_seq_counts_up_without_holes(make_user, make_room):
@@ -78,21 +84,39 @@ def test_message_html_is_rendered_and_sanitized(make_user, make_room):
         ("no mention here", False),
     ],
 )
-def test_mention_marks_request_pending(make_user, make_room, text, mentioned):
-    message, _ = services.message_create(room=make_room(), user=make_user(), text=text)
-    assert (message.reply_state == Message.ReplyState.PENDING) is mentioned
+def test_mention_asks_the_assistant(make_user, make_room, text, mentioned):
+    room = make_room()
+    asked = ask.assistants_asked(room, text)
+    assert bool(asked) is mentioned
+    message, _ = services.message_create(room=room, user=make_user(), text=text, asks=asked)
+    requests = AssistantRequest.objects.filter(message=message)
+    assert requests.count() == (1 if mentioned else 0)
+    assert list(requests.values_list("pk", flat=True)) == message.assistant_requests
 
 
-def test_mention_uses_room_assistant_name_and_switch(make_user, make_room):
-    user = make_user()
-    room = make_room(slug="named")
-    room.assistant_name = "sage"
-    room.save()
-    assert services.message_create(room=room, user=user, text="@sage hi")[0].reply_state == "pending"
-    assert services.message_create(room=room, user=user, text="@assistant hi")[0].reply_state == ""
-    room.assistant_enabled = False
-    room.save()
-    assert services.message_create(room=room, user=user, text="@sage hi")[0].reply_state == ""
+def test_mentions_follow_the_rooms_assistants_in_mention_order(make_room):
+    room = make_room(slug="named", assistant="sage")
+    services.assistant_configure(room=room, name="critic", model="critic-model")
+    assert [a.name for a in ask.assistants_asked(room, "@critic and @sage, discuss")] == ["critic", "sage"]
+    assert ask.assistants_asked(room, "@assistant hi") == []
+    services.assistant_configure(room=room, name="sage", enabled=False)
+    assert [a.name for a in ask.assistants_asked(room, "@critic and @sage")] == ["critic"]
+
+
+def test_assistant_names_are_one_word_and_keys_are_env_names(make_room):
+    room = make_room()
+    for bad in ({"name": "two words"}, {"name": "ok", "key_env": "sk-live-123"}, {"name": "ok", "key_env": "PATH"}):
+        with pytest.raises(ServiceError):
+            services.assistant_configure(room=room, **bad)
+    assistant, created = services.assistant_configure(room=room, name="Ok", key_env="MISTRAL_API_KEY")
+    assert created and assistant.key_env == "MISTRAL_API_KEY"
+    again, created = services.assistant_configure(room=room, name="ok", model="m2")
+    assert not created and again.pk == assistant.pk and again.model == "m2"
+
+
+def ask_(room, user, text: str) -> tuple[Message, list[int]]:
+    message, _ = services.message_create(room=room, user=user, text=text, asks=ask.assistants_asked(room, text))
+    return message, message.assistant_requests
 
 
 def test_private_room_admits_members_only(make_user, make_room):
@@ -126,26 +150,29 @@ def test_history_before(make_user, make_room):
 
 def test_reply_queue_one_at_a_time_in_order(make_user, make_room):
     user, room = make_user(), make_room()
-    first = services.message_create(room=room, user=user, text="@assistant one")[0]
-    second = services.message_create(room=room, user=user, text="@assistant two")[0]
-    assert services.reply_claim_turn(room.pk, second.pk) is None  # not its turn
-    reply = services.reply_claim_turn(room.pk, first.pk)
+    _, [first] = ask_(room, user, "@assistant one")
+    _, [second] = ask_(room, user, "@assistant two")
+    assert assistant_services.request_claim_turn(second) is None  # not its turn
+    reply = assistant_services.request_claim_turn(first)
     assert reply is not None and reply.status == "streaming" and reply.seq == 3
-    assert services.reply_claim_turn(room.pk, second.pk) is None  # one streams already
-    assert services.reply_queue_position(room.pk, second.pk) == 1
-    services.reply_finish(reply.pk, services.ReplyOutcome(status="complete", text="done", stream_seq=1))
-    second_reply = services.reply_claim_turn(room.pk, second.pk)
+    assert reply.assistant.name == "assistant" and reply.asked_by == user
+    assert assistant_services.request_claim_turn(second) is None  # one streams already
+    assert assistant_services.request_queue_position(second) == 1
+    outcome = assistant_services.ReplyOutcome(status="complete", text="done", stream_seq=1)
+    assistant_services.reply_finish(reply.pk, outcome)
+    second_reply = assistant_services.request_claim_turn(second)
     assert second_reply is not None and second_reply.seq == 4
 
 
 def test_reply_finish_only_once(make_user, make_room):
     user, room = make_user(), make_room()
-    request = services.message_create(room=room, user=user, text="@assistant hi")[0]
-    reply = services.reply_claim_turn(room.pk, request.pk)
-    outcome = services.ReplyOutcome(status="complete", text="**hi**", stream_seq=2)
-    final = services.reply_finish(reply.pk, outcome)
+    _, [request] = ask_(room, user, "@assistant hi")
+    reply = assistant_services.request_claim_turn(request)
+    outcome = assistant_services.ReplyOutcome(status="complete", text="**hi**", stream_seq=2)
+    final = assistant_services.reply_finish(reply.pk, outcome)
     assert final.status == "complete" and "<strong>hi</strong>" in final.html and final.finished
-    assert services.reply_finish(reply.pk, services.ReplyOutcome(status="error", text="", stream_seq=0)) is None
+    again = assistant_services.ReplyOutcome(status="error", text="", stream_seq=0)
+    assert assistant_services.reply_finish(reply.pk, again) is None
 
 
 def test_sweep_interrupts_stale_replies(make_user, make_room, settings):
@@ -154,15 +181,15 @@ def test_sweep_interrupts_stale_replies(make_user, make_room, settings):
     from django.utils import timezone
 
     user, room = make_user(), make_room()
-    request = services.message_create(room=room, user=user, text="@assistant hi")[0]
-    reply = services.reply_claim_turn(room.pk, request.pk)
-    assert services.reply_checkpoint_many([(reply.pk, "partial", 3)]) == [True]
+    _, [request] = ask_(room, user, "@assistant hi")
+    reply = assistant_services.request_claim_turn(request)
+    assert assistant_services.reply_checkpoint_many([(reply.pk, "partial", 3)]) == [True]
     Message.objects.filter(pk=reply.pk).update(heartbeat=timezone.now() - timedelta(seconds=600))
-    interrupted, _ = services.reply_sweep_stale()
+    interrupted, _ = assistant_services.reply_sweep_stale()
     assert [m.pk for m in interrupted] == [reply.pk]
     reply.refresh_from_db()
     assert reply.status == "interrupted" and reply.text == "partial"
-    assert services.reply_sweep_stale() == ([], [])
+    assert assistant_services.reply_sweep_stale() == ([], [])
 
 
 def test_context_is_budgeted_and_room_scoped(make_user, make_room, settings):

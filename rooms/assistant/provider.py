@@ -1,8 +1,10 @@
 """The model provider: the only module that imports ``openai``.
 
-``provider_get()`` returns an OpenAI-compatible streaming provider when
-``OPENAI_API_KEY`` or ``OPENAI_BASE_URL`` is set (OpenAI, Ollama, vLLM, LM
-Studio...), else a built-in demo provider that needs no network.
+``provider_get(endpoint)`` returns an OpenAI-compatible streaming provider for
+an endpoint with an API key or a base URL (OpenAI, Ollama, vLLM, LM
+Studio...), else a built-in demo provider that needs no network. Each room
+assistant has its endpoint (``Endpoint``); the default one comes from
+``OPENAI_API_KEY`` and ``OPENAI_BASE_URL``.
 
 ``Provider.stream(request)`` is an async generator of ``Delta`` items followed by
 exactly one ``Finished``; failures raise ``ProviderError`` whose ``reason`` is
@@ -38,11 +40,31 @@ DEMO_GIST_CHARS = 160
 
 
 @dataclass(frozen=True)
+class Endpoint:
+    """Where an assistant's model is served, and the key for it (never logged)."""
+
+    api_key: str = ""
+    base_url: str | None = None
+
+    def __repr__(self) -> str:
+        return f"Endpoint(base_url={self.base_url!r}, api_key={'***' if self.api_key else ''!r})"
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.api_key or self.base_url)
+
+
+def endpoint_default() -> Endpoint:
+    return Endpoint(api_key=settings.OPENAI_API_KEY, base_url=settings.OPENAI_BASE_URL)
+
+
+@dataclass(frozen=True)
 class ChatRequest:
     messages: list[dict[str, str]]
     model: str
     temperature: float | None = None
     max_tokens: int | None = None
+    endpoint: Endpoint | None = None
 
 
 @dataclass(frozen=True)
@@ -99,35 +121,36 @@ _ClientKey = tuple[str, str, float, float, int]
 
 @dataclass
 class _LoopClients:
-    key: _ClientKey
-    client: openai.AsyncOpenAI
-    # Clients from before a settings change: replies may still be streaming on
-    # them, so they are only closed by client_close().
-    retired: list[openai.AsyncOpenAI]
+    # One client per endpoint and settings (its connection pool is reused).
+    clients: dict[_ClientKey, openai.AsyncOpenAI]
 
 
-# One client per event loop: its connection pool is bound to the loop that
-# first used it. Weak keys let a closed, collected loop take its client along.
+# One set of clients per event loop: a client's connection pool is bound to the
+# loop that first used it. Weak keys let a closed, collected loop take them along.
 _clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopClients] = weakref.WeakKeyDictionary()
 
 
-def _client_key() -> _ClientKey:
+def _client_key(endpoint: Endpoint) -> _ClientKey:
     return (
-        settings.OPENAI_API_KEY or PLACEHOLDER_API_KEY,
-        settings.OPENAI_BASE_URL or OPENAI_DEFAULT_BASE_URL,
+        endpoint.api_key or PLACEHOLDER_API_KEY,
+        endpoint.base_url or OPENAI_DEFAULT_BASE_URL,
         float(settings.ASSISTANT_TIMEOUT_SECONDS),
         float(settings.ASSISTANT_CONNECT_TIMEOUT_SECONDS),
         int(settings.ASSISTANT_MAX_RETRIES),
     )
 
 
-def client_get() -> openai.AsyncOpenAI:
-    """This event loop's client, rebuilt if the settings changed."""
+def client_get(endpoint: Endpoint | None = None) -> openai.AsyncOpenAI:
+    """This event loop's client for ``endpoint`` (the default one if None).
+
+    Clients of older settings stay open (replies may still stream on them)
+    until client_close()."""
     loop = asyncio.get_running_loop()
-    key = _client_key()
-    cached = _clients.get(loop)
-    if cached is not None and cached.key == key:
-        return cached.client
+    key = _client_key(endpoint or endpoint_default())
+    cached = _clients.setdefault(loop, _LoopClients({}))
+    client = cached.clients.get(key)
+    if client is not None:
+        return client
     api_key, base_url, read_timeout, connect_timeout, max_retries = key
     client = openai.AsyncOpenAI(
         api_key=api_key,
@@ -136,8 +159,7 @@ def client_get() -> openai.AsyncOpenAI:
         max_retries=max_retries,
         timeout=openai.Timeout(read_timeout, connect=connect_timeout),
     )
-    retired = [*cached.retired, cached.client] if cached is not None else []
-    _clients[loop] = _LoopClients(key, client, retired)
+    cached.clients[key] = client
     return client
 
 
@@ -145,7 +167,7 @@ async def client_close() -> None:
     """Close this event loop's clients, if any (shutdown, tests)."""
     cached = _clients.pop(asyncio.get_running_loop(), None)
     if cached is not None:
-        for client in [*cached.retired, cached.client]:
+        for client in cached.clients.values():
             await client.close()
 
 
@@ -187,7 +209,7 @@ class OpenAIProvider:
     name = "openai"
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[Delta | Finished]:
-        client = client_get()
+        client = client_get(request.endpoint)
         options: dict[str, Any] = {}
         if request.temperature is not None:
             options["temperature"] = request.temperature
@@ -301,8 +323,9 @@ class DemoProvider:
         )
 
 
-def provider_get() -> Provider:
-    """The configured provider: OpenAI-compatible when configured, else the demo."""
-    if settings.OPENAI_API_KEY or settings.OPENAI_BASE_URL:
+def provider_get(endpoint: Endpoint | None = None) -> Provider:
+    """The provider for ``endpoint`` (the default one if None): OpenAI-compatible
+    when it has a key or a base URL, else the demo."""
+    if (endpoint or endpoint_default()).configured:
         return OpenAIProvider()
     return DemoProvider()

@@ -314,8 +314,8 @@ async def test_system_prompt_canary_and_room_isolation(stack, sessions):
         "shell",
         "-c",
         (
-            "from rooms.models import Room;"
-            f"Room.objects.filter(slug='room-a').update(assistant_system_prompt='You are helpful. {CANARY}')"
+            "from rooms.models import Assistant;"
+            f"Assistant.objects.filter(room__slug='room-a').update(system_prompt='You are helpful. {CANARY}')"
         ),
     )
     b = client_for(stack, sessions, "dave", "room-b")
