@@ -14,12 +14,14 @@ django_asgi_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
+from rooms.api.webhooks import with_deliveries  # noqa: E402
 from rooms.routing import websocket_urlpatterns  # noqa: E402
 from rooms.socketauth import OriginValidator, SocketAuthMiddleware  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
+        # Every process delivers outgoing webhooks (rooms/api/webhooks.py).
+        "http": with_deliveries(django_asgi_app),
         "websocket": OriginValidator(SocketAuthMiddleware(URLRouter(websocket_urlpatterns))),
     }
 )

@@ -13,4 +13,6 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("healthz", views.healthz, name="healthz"),
     path("favicon.ico", views.favicon, name="favicon"),
+    # The HTTP API (/api/v1/, docs/api.md) and the API tokens page.
+    path("", include("rooms.api.urls")),
 ]

@@ -173,3 +173,7 @@ class RoomReadAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
+
+
+# The API: tokens, bot flags, webhooks and their deliveries.
+from .api import admin as api_admin  # noqa: E402, F401

@@ -7,3 +7,4 @@ class RoomsConfig(AppConfig):
 
     def ready(self) -> None:
         from . import signals  # noqa: F401
+        from .api import signals as api_signals  # noqa: F401
