@@ -243,6 +243,15 @@ class AssistantRequest(models.Model):
         return f"{self.kind} #{self.pk} ({self.state})"
 
 
+class AssistantUsage(Message):
+    """The admin's view of what the assistants cost (no table of its own)."""
+
+    class Meta:
+        proxy = True
+        verbose_name = "assistant usage"
+        verbose_name_plural = "assistant usage"
+
+
 class RoomRead(models.Model):
     """How far a user has read a room (any of their tabs, any device)."""
 

@@ -13,12 +13,12 @@ the budget resets.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from django.conf import settings
-from django.db.models import F, Sum
-from django.db.models.functions import Coalesce
+from django.db.models import Count, F, Sum
+from django.db.models.functions import Coalesce, TruncDate
 from django.utils import timezone
 
 from ..models import Message, Room
@@ -46,7 +46,7 @@ def cost_of(model: str | None, prompt_tokens: int | None, completion_tokens: int
 
 
 def period_start(period: str, at: datetime) -> datetime:
-    at = at.astimezone(timezone.UTC)
+    at = at.astimezone(UTC)
     day = at.replace(hour=0, minute=0, second=0, microsecond=0)
     return day if period == "day" else day.replace(day=1)
 
@@ -135,3 +135,48 @@ def check(room: Room, user_id: int | None) -> Exceeded | None:
         if used >= limit.amount:
             return Exceeded(limit, used, period_end(limit.period, at))
     return None
+
+
+@dataclass(frozen=True)
+class UsageRow:
+    day: str
+    user: str
+    room: str
+    assistant: str
+    replies: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost: Decimal
+
+    @property
+    def tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+def usage_rows(since: datetime, until: datetime) -> list[UsageRow]:
+    """Replies finished in ``[since, until)``, summed per UTC day, asker, room and assistant."""
+    rows = (
+        Message.objects.filter(role=Message.Role.ASSISTANT, finished__gte=since, finished__lt=until)
+        .annotate(day=TruncDate("finished", tzinfo=UTC))
+        .values("day", "asked_by__username", "room__slug", "author_name")
+        .annotate(
+            replies=Count("pk"),
+            prompt=Coalesce(Sum("prompt_tokens"), 0),
+            completion=Coalesce(Sum("completion_tokens"), 0),
+            spent=Sum("cost"),
+        )
+        .order_by("day", "room__slug", "asked_by__username", "author_name")
+    )
+    return [
+        UsageRow(
+            day=row["day"].isoformat(),
+            user=row["asked_by__username"] or "(deleted user)",
+            room=row["room__slug"],
+            assistant=row["author_name"],
+            replies=row["replies"],
+            prompt_tokens=row["prompt"],
+            completion_tokens=row["completion"],
+            cost=row["spent"] or Decimal(0),
+        )
+        for row in rows
+    ]

@@ -146,3 +146,26 @@ async def test_two_mentions_at_once_on_two_processes(stack, sessions, room_slug)
     assert first_end < second_start
     await alice.close()
     await bob.close()
+
+
+async def test_catchup_reaches_only_the_askers_sockets_on_both_processes(stack, sessions, room_slug):
+    """A private catch-up streams to every socket of its asker, on both server
+    processes, and not a byte of it to anyone else's socket, even on the same
+    processes in the same room."""
+    bob_tabs = [client_for(stack, sessions, "bob", room_slug, via=v) for v in (0, 1)]
+    carol_tabs = [client_for(stack, sessions, "carol", room_slug, via=v) for v in (0, 1)]
+    for tab in (*bob_tabs, *carol_tabs):
+        await tab.connect()
+    await carol_tabs[0].say("something bob missed while away")
+    await bob_tabs[0].send({"type": "assistant.catchup"})
+    for tab in bob_tabs:
+        end = await tab.next("assistant.end", timeout=20)
+        assert end["private"] is True and end["message"]["seq"] is None
+    reply_id = end["reply_id"]
+    await asyncio.sleep(1.0)  # anything stray would have arrived by now
+    for tab in carol_tabs:
+        leaked = [f for f in tab.frames if f.get("reply_id") == reply_id or f.get("private")]
+        assert leaked == [], f"{tab.name} received the private reply: {leaked[:2]}"
+        assert all(not f["type"].startswith("assistant.") for f in tab.frames)
+    for tab in (*bob_tabs, *carol_tabs):
+        await tab.close()
