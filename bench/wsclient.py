@@ -84,6 +84,8 @@ class WSClient(asyncio.Protocol):
             self.closed.set_result(self.close_code)
 
     def data_received(self, data: bytes) -> None:
+        if self.opened.done() and not self.is_open:
+            return  # refused or closed: nothing more to parse
         now = time.monotonic_ns() // 1000
         buf = self.buf
         buf += data
@@ -94,7 +96,10 @@ class WSClient(asyncio.Protocol):
             status = bytes(buf[: buf.find(b"\r\n")])
             del buf[: end + 4]
             if b" 101 " not in status:
-                self.opened.set_exception(ConnectionError(status.decode("latin-1")))
+                # Refused (e.g. 503 under a storm): fail once, ignore whatever else arrives.
+                buf.clear()
+                if not self.opened.done():
+                    self.opened.set_exception(ConnectionError(status.decode("latin-1")))
                 self.transport.close()
                 return
             self.is_open = True
