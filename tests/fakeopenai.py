@@ -49,6 +49,8 @@ Behaviour is scripted by markers in the content of the LAST user message:
   The default rate is the server's ``tokens_per_second``.
 - ``[[echo-context]]``: the reply is one ``role: content`` line per message
   received, in order.
+- ``[[vary]]``: the default reply ends with `` (take N)``, N counting the
+  requests with this exact last user message (a regenerated reply differs).
 
 Other rules: a bearer token other than ``api_key`` (when one is set) gets 401
 ``invalid_api_key``; model ``missing-model`` gets 404 ``model_not_found``; a
@@ -211,6 +213,7 @@ class FakeServer:
         self._requests: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         self._failed_once: set[tuple[str, str]] = set()
+        self._takes: dict[str, int] = {}
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
 
@@ -235,6 +238,7 @@ class FakeServer:
         with self._lock:
             self._requests.clear()
             self._failed_once.clear()
+            self._takes.clear()
         self.disconnects = 0
         self.completed = 0
 
@@ -405,6 +409,10 @@ class FakeServer:
         else:
             plan.pieces = pieces_split(DEFAULT_REPLY_HEAD + last[:40]) + DEFAULT_REPLY_TAIL
             plan.split_bytes = True
+            if "vary" in marks:
+                with self._lock:
+                    take = self._takes[last] = self._takes.get(last, 0) + 1
+                plan.pieces.append(f" (take {take})")
         if "tps" in marks:
             tps = float(marks["tps"] or 0)
         plan.token_delay = 1.0 / tps if tps > 0 else 0.0
