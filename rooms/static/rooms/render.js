@@ -33,6 +33,8 @@ export const els = {
   sidebar: document.getElementById("sidebar"),
   replyChip: document.getElementById("reply-chip"),
   notify: document.getElementById("notify-enable"),
+  catchup: document.getElementById("catchup"),
+  mentionList: document.getElementById("mention-list"),
 };
 
 export function el(tag, className, text) {
@@ -88,6 +90,18 @@ export function connectionShow(kind, text, link, short) {
 export function composerEnable(enabled) {
   els.text.disabled = !enabled;
   els.send.disabled = !enabled;
+  if (els.catchup) els.catchup.disabled = !enabled || els.catchup.dataset.busy === "1";
+}
+
+// "Catch me up": shown in rooms with an assistant; busy while a catch-up is being asked for.
+export function catchupShow(visible, busy) {
+  const button = els.catchup;
+  if (!button) return;
+  button.hidden = !visible;
+  button.dataset.busy = busy ? "1" : "";
+  button.disabled = busy || els.text.disabled;
+  button.querySelector(".catchup-label").textContent = busy ? "Catching up…" : "Catch me up";
+  button.setAttribute("aria-busy", busy ? "true" : "false");
 }
 
 // --- Messages ----------------------------------------------------------------------
@@ -104,8 +118,10 @@ export function messageElement(message, view) {
   const role = message.role === "assistant" ? "assistant" : "user";
   const deleted = message.deleted === true;
   const li = el("li", `msg ${role} status-${status}`);
+  const isPrivate = message.private === true;
   if (role !== "assistant" && message.author === view.me) li.classList.add("own");
   if (deleted) li.classList.add("deleted");
+  if (isPrivate) li.classList.add("private");
   if (Array.isArray(message.mentions) && message.mentions.some((name) => sameName(name, view.me))) {
     li.classList.add("mentions-me");
   }
@@ -132,6 +148,7 @@ export function messageElement(message, view) {
     meta.append(edited);
   }
   main.append(meta);
+  if (isPrivate) main.append(privateLabel());
 
   if (message.reply_to && Number.isInteger(message.reply_to.id) && !deleted) {
     main.append(quoteElement(message.reply_to));
@@ -163,10 +180,35 @@ export function messageElement(message, view) {
   main.append(body);
 
   const foot = messageFooter(message, status);
-  if (foot && !deleted) main.append(foot);
-  if (!deleted && status !== "streaming") main.append(actionsElement(message, view));
+  const versions = role === "assistant" ? view.versionInfo(message) : null;
+  if (versions) {
+    // Replies regenerated from one question are one entry: ‹ 2 / 3 › picks the version shown.
+    const bar = foot && !deleted ? foot : el("div", "msg-foot");
+    bar.append(flipperElement(versions));
+    main.append(bar);
+  } else if (foot && !deleted) {
+    main.append(foot);
+  }
+  // A private reply (a catch-up) is nobody else's business: nothing to quote or change.
+  if (!deleted && status !== "streaming" && !isPrivate) main.append(actionsElement(message, view));
   li.append(main);
   return li;
+}
+
+const SVG = "http://www.w3.org/2000/svg";
+const LOCK_PATH = "M7 10V7a5 5 0 0 1 10 0v3h1a1 1 0 0 1 1 1v9a1 1 0 0 1-1 1H6a1 1 0 0 1-1-1v-9a1 1 0 0 1 1-1zm2 0h6V7a3 3 0 0 0-6 0z";
+
+function privateLabel() {
+  const label = el("div", "private-label");
+  const icon = document.createElementNS(SVG, "svg");
+  icon.setAttribute("class", "icon");
+  icon.setAttribute("viewBox", "0 0 24 24");
+  icon.setAttribute("aria-hidden", "true");
+  const path = document.createElementNS(SVG, "path");
+  path.setAttribute("d", LOCK_PATH);
+  icon.append(path);
+  label.append(icon, el("span", "", "Only you can see this"));
+  return label;
 }
 
 function sameName(a, b) {
@@ -201,10 +243,40 @@ function actionsElement(message, view) {
     bar.append(button);
   };
   action("reply", "Reply", `Reply to ${message.author}`);
+  if (view.mayRegenerate(message)) action("regenerate", "Regenerate", `Ask ${message.author} again: a new version of this reply`);
   const own = message.role !== "assistant" && message.author === view.me;
   if (message.role !== "assistant" && (own || view.moderator)) action("edit", "Edit", "Edit message");
   if (own || view.moderator) action("delete", "Delete", "Delete message");
   return bar;
+}
+
+// versions: {index (1-based), count, prev, next} (ids of the neighbouring versions, or null).
+// A regenerate that was refused: its button is usable again.
+export function regenerateReset() {
+  for (const button of els.list.querySelectorAll("button.action-regenerate:disabled")) {
+    button.disabled = false;
+    button.textContent = "Regenerate";
+  }
+}
+
+function flipperElement(versions) {
+  const nav = el("span", "versions");
+  nav.setAttribute("role", "group");
+  nav.setAttribute("aria-label", "Versions of this reply");
+  const button = (className, text, target, label) => {
+    const b = el("button", `version-flip ${className}`, text);
+    b.type = "button";
+    b.setAttribute("aria-label", label);
+    if (target === null) b.disabled = true;
+    else b.dataset.versionTarget = String(target);
+    return b;
+  };
+  nav.append(button("version-prev", "‹", versions.prev, "Previous version"));
+  const label = el("span", "version-label", `${versions.index} / ${versions.count}`);
+  label.setAttribute("aria-live", "polite");
+  nav.append(label);
+  nav.append(button("version-next", "›", versions.next, "Next version"));
+  return nav;
 }
 
 function editorElement(editing) {
@@ -270,8 +342,27 @@ export function elementPlace(node, message, lookup) {
     if (other && comesBefore(other, message)) break;
     cursor = cursor.previousElementSibling;
   }
+  // The other versions of a reply sit right after its first one: never between them.
+  while (cursor && cursor.nextElementSibling && cursor.nextElementSibling.dataset.versionOf) {
+    cursor = cursor.nextElementSibling;
+  }
   if (cursor) cursor.after(node);
   else els.list.prepend(node);
+}
+
+// One entry per group of versions: the rows after its first (oldest loaded)
+// one, in id order, and only the version `shown` visible. `rows`: [{id, el}]
+// sorted by id.
+export function versionsArrange(rows, shown) {
+  let previous = rows[0].el;
+  delete previous.dataset.versionOf;
+  previous.hidden = rows[0].id !== shown;
+  for (const row of rows.slice(1)) {
+    row.el.dataset.versionOf = String(rows[0].id);
+    row.el.hidden = row.id !== shown;
+    if (previous.nextElementSibling !== row.el) previous.after(row.el);
+    previous = row.el;
+  }
 }
 
 // Streamed text is rendered at most once per animation frame per reply (a
@@ -386,9 +477,13 @@ export function dividerPlace(afterSeq, me) {
     if (divider) divider.remove();
     return;
   }
-  const first = [...els.list.querySelectorAll("li.msg")].find(
-    (li) => Number(li.dataset.seq) > afterSeq && !li.classList.contains("own"),
-  );
+  // The lowest unread seq shown (other versions of a reply sit out of seq order, hidden or not).
+  let first = null;
+  for (const li of els.list.querySelectorAll("li.msg[data-seq]")) {
+    const seq = Number(li.dataset.seq);
+    if (li.hidden || li.classList.contains("own") || !(seq > afterSeq)) continue;
+    if (first === null || seq < Number(first.dataset.seq)) first = li;
+  }
   if (!first) {
     if (divider) divider.remove();
     return;
@@ -399,6 +494,12 @@ export function dividerPlace(afterSeq, me) {
     divider.setAttribute("role", "separator");
     divider.append(el("span", "unread-divider-label", "New messages"));
   }
+  // Above a whole entry of versions, not inside it.
+  while (first.dataset.versionOf) {
+    const previous = first.previousElementSibling;
+    if (!previous || previous === divider) break;
+    first = previous;
+  }
   if (first.previousElementSibling !== divider) first.before(divider);
 }
 
@@ -406,7 +507,7 @@ export function dividerPlace(afterSeq, me) {
 
 export function messageFlash(id) {
   const row = els.list.querySelector(`li.msg[data-id="${Number(id)}"]`);
-  if (!row) return false;
+  if (!row || row.hidden) return false;
   row.scrollIntoView({ block: "center" });
   row.classList.remove("flash");
   // Restart the animation even when the same row is flashed twice.

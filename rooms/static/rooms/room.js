@@ -101,6 +101,7 @@ const composer = new Composer({
   submit: (text) => room.submit(text),
   maxChars: config.maxChars,
   cancelReply: () => room.replyCancel(),
+  candidates: () => room.mentionCandidates(),
 });
 
 const DELETE_CONFIRM_MS = 4_000;
@@ -120,6 +121,11 @@ els.list.addEventListener("click", (event) => {
     }
     return;
   }
+  const flip = event.target.closest("button.version-flip");
+  if (flip) {
+    if (!flip.disabled) room.versionShow(Number(flip.dataset.versionTarget));
+    return;
+  }
   const quote = event.target.closest("button.msg-quote");
   if (quote) {
     room.quoteJump(Number(quote.dataset.quoteId));
@@ -131,6 +137,7 @@ els.list.addEventListener("click", (event) => {
     if (action.dataset.action === "reply") room.reply(id);
     else if (action.dataset.action === "edit") room.editStart(id);
     else if (action.dataset.action === "delete") deleteClick(action, id);
+    else if (action.dataset.action === "regenerate") regenerateClick(action, id);
     return;
   }
   if (event.target.closest("button.editor-cancel")) {
@@ -162,6 +169,19 @@ function deleteClick(button, id) {
     button.setAttribute("aria-label", "Delete message");
   }, DELETE_CONFIRM_MS);
 }
+
+// The new version streams into the same entry; until it starts, the button says it was asked.
+function regenerateClick(button, id) {
+  if (button.disabled) return;
+  if (!room.regenerate(id)) {
+    room.notice("offline", "Not connected: nothing was asked. Try again when the room is live.");
+    return;
+  }
+  button.disabled = true;
+  button.textContent = "Regenerating…";
+}
+
+if (els.catchup) els.catchup.addEventListener("click", () => room.catchup());
 
 els.list.addEventListener("submit", (event) => {
   const form = event.target.closest("form.msg-editor");

@@ -12,8 +12,14 @@
 // - Presence frames carry a version; an older one than what is shown is stale.
 // - Unacknowledged sends are resent with the same client_id after a reconnect
 //   or an `unavailable` answer; the server deduplicates.
+// - A private reply (a catch-up: `private: true`, `seq` null) is not part of
+//   the room's log: it is never held, never makes or fills a hole, and never
+//   moves the resume cursor (lastId) or lastSeq.
+// - Regenerated replies list each other in `versions`: one entry per group,
+//   one version shown (the newest unless the person flipped).
 
 import {
+  catchupShow,
   comesBefore,
   dividerPlace,
   editorFocus,
@@ -31,9 +37,11 @@ import {
   pendingMark,
   plural,
   presenceRender,
+  regenerateReset,
   replyChipShow,
   streamTextShow,
   typersRender,
+  versionsArrange,
 } from "./render.js";
 
 const HOLD_MS = 300;
@@ -46,6 +54,7 @@ const SNAPSHOT_RETRY_MS = 1_000;
 const SNAPSHOT_TRIES = 5;
 const EXCERPT_CHARS = 140;
 const JUMP_PAGES_MAX = 40;
+const CATCHUP_WAIT_MS = 30_000;
 
 const ERROR_TEXT = {
   rate_limited: "Slow down a little",
@@ -54,16 +63,18 @@ const ERROR_TEXT = {
   bad_json: "Not understood",
   not_found: "Not found",
   forbidden: "Not allowed",
+  budget_exceeded: "Assistant budget used up",
   unavailable: "Server busy",
   internal: "Something went wrong",
 };
 // Answers to a message.send that mean "not saved, and sending it again as it is won't help".
-const SEND_REFUSALS = new Set(["rate_limited", "too_long", "bad_request", "internal"]);
+const SEND_REFUSALS = new Set(["rate_limited", "too_long", "bad_request", "internal", "forbidden", "budget_exceeded"]);
 
 export class RoomState {
   constructor({ me, assistant, socket, attention }) {
     this.me = me;
     this.assistant = assistant;
+    this.assistants = assistant ? [{ name: assistant }] : []; // hello's room.assistants: [{name, model}]
     this.socket = socket;
     this.attention = attention; // unread title, read marks, notifications (attention.js)
     this.moderator = false; // hello's user.moderator: may edit and delete others' messages
@@ -88,7 +99,11 @@ export class RoomState {
     this.presenceVersion = -1;
     this.suspect = null;
     this.typers = new Map(); // username -> expiry timer
-    this.queuedNotes = new Map(); // in_reply_to -> notice element
+    this.queuedNotes = new Map(); // "in_reply_to:assistant" -> notice element
+    this.versionGroups = new Map(); // oldest version's id -> Set of the loaded versions' ids
+    this.versionShown = new Map(); // oldest version's id -> the version the person flipped to
+    this.catchupTimer = null; // set while a catch-up was asked for and has not started
+    this.catchupFrom = null; // hello's last_read_seq when this page opened
     this.resendTimer = null;
     this.fetchTimers = new Set();
   }
@@ -105,6 +120,7 @@ export class RoomState {
   }
 
   socketClosed() {
+    this.catchupDone();
     this.heldRelease(false);
     this.typersClear();
     this.olderLoadingSet(false);
@@ -127,6 +143,11 @@ export class RoomState {
       this.hello(frame);
       return;
     }
+    if (frame.private === true) {
+      // Not in the room's log (no seq): nothing to hold it for, nothing it can fill.
+      this.apply(frame);
+      return;
+    }
     if (this.held) {
       this.held.frames.push(frame);
       if (this.fillsGap(frame)) this.heldDrain();
@@ -141,7 +162,8 @@ export class RoomState {
 
   seqOf(frame) {
     const message = frame.type === "message" || frame.type === "assistant.start" ? frame.message : null;
-    return message && Number.isInteger(message.seq) && !this.messages.has(message.id) ? message.seq : null;
+    if (!message || message.private === true) return null;
+    return Number.isInteger(message.seq) && !this.messages.has(message.id) ? message.seq : null;
   }
 
   // After a hello, lastSeq 0 means the room was empty: seq 1 comes next.
@@ -211,7 +233,8 @@ export class RoomState {
         break;
       case "assistant.start":
         if (frame.message) {
-          this.queuedNoteClear(frame.in_reply_to);
+          this.queuedNoteClear(frame.in_reply_to, frame.message.author);
+          if (frame.private === true || frame.message.private === true) this.catchupDone();
           const fresh = !this.messages.has(frame.message.id);
           logChange(() => {
             if (!this.streams.has(frame.reply_id)) this.streams.set(frame.reply_id, this.streamNew("", 0, true));
@@ -228,7 +251,7 @@ export class RoomState {
         break;
       case "assistant.end":
         if (frame.message) {
-          this.queuedNoteClear(frame.message.in_reply_to);
+          this.queuedNoteClear(frame.message.in_reply_to, frame.message.author);
           logChange(() => {
             this.streams.delete(frame.reply_id);
             this.messageUpsert(frame.message);
@@ -251,10 +274,17 @@ export class RoomState {
     if (frame.user && frame.user.username) this.me = frame.user.username;
     if (frame.user && typeof frame.user.moderator === "boolean") this.moderator = frame.user.moderator;
     if (frame.room && "assistant" in frame.room) this.assistant = frame.room.assistant;
+    if (frame.room && Array.isArray(frame.room.assistants)) {
+      this.assistants = frame.room.assistants.filter((a) => a && typeof a.name === "string" && a.name);
+    } else if (frame.room && "assistant" in frame.room) {
+      this.assistants = frame.room.assistant ? [{ name: String(frame.room.assistant) }] : [];
+    }
+    catchupShow(this.assistants.length > 0, this.catchupTimer !== null);
     if (!this.helloSeen) {
       // Where "new messages" begin is decided once per page load, before this tab reads anything.
       this.helloSeen = true;
       const lastRead = Number.isInteger(frame.last_read_seq) ? frame.last_read_seq : null;
+      this.catchupFrom = lastRead;
       const newest = Math.max(0, ...(frame.messages || []).map((m) => (Number.isInteger(m.seq) ? m.seq : 0)));
       if (lastRead !== null && newest > lastRead) this.unreadFrom = lastRead;
     }
@@ -269,6 +299,10 @@ export class RoomState {
         this.messageUpsert(message);
       }
       for (const stream of frame.streaming || []) this.streamResume(stream);
+      // This person's own catch-ups: theirs only, shown again after a reload.
+      for (const message of frame.private || []) {
+        if (message && Number.isInteger(message.id)) this.messageUpsert({ ...message, private: true });
+      }
     }, !reconnected);
     if (reconnected) {
       for (const message of frame.messages || []) {
@@ -352,7 +386,12 @@ export class RoomState {
   pong(frame) {
     const behind = Number.isInteger(frame.last_seq) && frame.last_seq > this.lastSeq;
     const live = new Set(Array.isArray(frame.streaming) ? frame.streaming : []);
-    const stale = [...this.streams.keys()].some((id) => !live.has(id));
+    // Private replies are not listed: ask for each one's state instead (a lost end).
+    const shared = [...this.streams.keys()].filter((id) => !this.isPrivate(id));
+    for (const id of this.streams.keys()) {
+      if (this.isPrivate(id)) this.snapshotFetch(id);
+    }
+    const stale = shared.some((id) => !live.has(id));
     if (!behind && !stale) {
       this.suspect = null;
       return;
@@ -390,11 +429,16 @@ export class RoomState {
     }
     const merged = existing ? { ...existing.msg, ...message } : message;
     if (!Number.isInteger(merged.seq) && existing) merged.seq = existing.msg.seq;
+    if (existing && existing.msg.private === true) merged.private = true;
+    // Versions first: the row's flipper counts the group it now belongs to.
+    const group = this.versionTrack(merged, !existing);
     const node = messageElement(merged, this);
     const lookup = (id) => (this.messages.get(id) || {}).msg;
     if (existing) {
       const moved = existing.msg.seq !== merged.seq;
       existing.msg = merged;
+      node.hidden = existing.el.hidden;
+      if (existing.el.dataset.versionOf) node.dataset.versionOf = existing.el.dataset.versionOf;
       existing.el.replaceWith(node);
       existing.el = node;
       if (moved) {
@@ -405,12 +449,198 @@ export class RoomState {
       this.messages.set(merged.id, { msg: merged, el: node });
       elementPlace(node, merged, lookup);
     }
-    if (Number.isInteger(merged.seq)) this.lastSeq = Math.max(this.lastSeq, merged.seq);
-    this.lastId = Math.max(this.lastId, merged.id);
+    if (group !== null) this.versionsApply(group);
+    if (merged.private !== true) {
+      // A private reply has no seq and is not in the room's log: the resume cursor ignores it.
+      if (Number.isInteger(merged.seq)) this.lastSeq = Math.max(this.lastSeq, merged.seq);
+      this.lastId = Math.max(this.lastId, merged.id);
+    }
     if (merged.role !== "assistant") this.typerClear(merged.author);
     if (this.editing && this.editing.id === merged.id && !this.editing.saving) editorFocus(merged.id);
     if (this.unreadFrom !== null) dividerPlace(this.unreadFrom, this.me);
     emptyUpdate(true);
+  }
+
+  isPrivate(id) {
+    const row = this.messages.get(Number(id));
+    return Boolean(row && row.msg.private === true);
+  }
+
+  // --- Versions of a reply (regenerated) ----------------------------------------------------
+
+  // Every version lists the others (oldest first): the oldest id names the group.
+  versionKey(msg) {
+    const others = Array.isArray(msg.versions) ? msg.versions.filter(Number.isInteger) : [];
+    return others.length ? Math.min(msg.id, ...others) : msg.id;
+  }
+
+  // Files the message under its group; returns the group's key if it has other
+  // versions loaded here (or known), else null. A newer version than any
+  // before shows itself (the newest is shown while it streams).
+  versionTrack(msg, fresh) {
+    if (msg.role !== "assistant") return null;
+    const key = this.versionKey(msg);
+    for (const [other, ids] of this.versionGroups) {
+      if (other !== key && ids.delete(msg.id)) {
+        if (ids.size) this.versionsApply(other);
+        else this.versionGroups.delete(other);
+      }
+    }
+    let ids = this.versionGroups.get(key);
+    const known = Array.isArray(msg.versions) && msg.versions.length > 0;
+    if (!ids && !known) return null;
+    if (!ids) {
+      ids = new Set();
+      this.versionGroups.set(key, ids);
+      if (this.messages.has(key)) ids.add(key); // the oldest, whose update may not have come yet
+    }
+    if (fresh && [...ids].every((id) => id < msg.id)) this.versionShown.delete(key);
+    ids.add(msg.id);
+    return key;
+  }
+
+  // Every version id of the group, oldest first: the loaded ones and those they list.
+  versionIds(key) {
+    const ids = this.versionGroups.get(key);
+    if (!ids) return [];
+    const all = new Set(ids);
+    for (const id of ids) {
+      const row = this.messages.get(id);
+      for (const other of (row && row.msg.versions) || []) if (Number.isInteger(other)) all.add(other);
+    }
+    return [...all].sort((a, b) => a - b);
+  }
+
+  versionShownId(key) {
+    const loaded = [...(this.versionGroups.get(key) || [])].filter((id) => this.messages.has(id));
+    if (!loaded.length) return null;
+    const chosen = this.versionShown.get(key);
+    return loaded.includes(chosen) ? chosen : Math.max(...loaded);
+  }
+
+  // For render.js: where this version stands among its group, or null for a lone reply.
+  versionInfo(msg) {
+    const key = this.versionKey(msg);
+    const all = this.versionIds(key);
+    const index = all.indexOf(msg.id);
+    if (all.length < 2 || index < 0) return null;
+    return {
+      index: index + 1,
+      count: all.length,
+      prev: index > 0 ? all[index - 1] : null,
+      next: index < all.length - 1 ? all[index + 1] : null,
+    };
+  }
+
+  // Redraws the group's rows (their flippers), keeps them together after the
+  // oldest loaded one, and shows one.
+  versionsApply(key) {
+    const ids = this.versionGroups.get(key);
+    if (!ids) return;
+    const rows = [...ids]
+      .filter((id) => this.messages.has(id))
+      .sort((a, b) => a - b)
+      .map((id) => ({ id, row: this.messages.get(id) }));
+    if (!rows.length) return;
+    for (const { row } of rows) {
+      const node = messageElement(row.msg, this);
+      node.hidden = row.el.hidden;
+      row.el.replaceWith(node);
+      row.el = node;
+    }
+    versionsArrange(
+      rows.map(({ id, row }) => ({ id, el: row.el })),
+      this.versionShownId(key),
+    );
+    if (this.unreadFrom !== null) dividerPlace(this.unreadFrom, this.me);
+  }
+
+  // The flipper: show another version (paging older history in if it is not loaded yet).
+  versionShow(id) {
+    const target = Number(id);
+    const row = this.messages.get(target);
+    const key = row ? this.versionKey(row.msg) : this.versionKeyOf(target);
+    if (key === null) return;
+    this.versionShown.set(key, target);
+    if (row) {
+      const focused = document.activeElement;
+      const which = focused && focused.classList.contains("version-flip") ? (focused.classList.contains("version-prev") ? "prev" : "next") : null;
+      // The entry stays where it is on screen; what is below it moves if the versions differ in length.
+      this.versionsApply(key);
+      if (which) {
+        // Keep the keyboard on the flipper, now in the row shown.
+        const same = row.el.querySelector(`button.version-${which}:not(:disabled)`);
+        const any = row.el.querySelector("button.version-flip:not(:disabled)");
+        if (same || any) (same || any).focus({ preventScroll: true });
+      }
+    } else {
+      this.quoteJump(target);
+    }
+  }
+
+  // The group a version not loaded here belongs to, from the loaded ones that list it.
+  versionKeyOf(id) {
+    for (const [key] of this.versionGroups) {
+      if (this.versionIds(key).includes(id)) return key;
+    }
+    return null;
+  }
+
+  // Regenerate: the asker of the question, or a moderator, on a finished shared reply
+  // whose group has nothing being written.
+  mayRegenerate(msg) {
+    if (msg.role !== "assistant" || msg.private === true || msg.deleted) return false;
+    if (msg.status === "streaming" || !Number.isInteger(msg.in_reply_to)) return false;
+    if (this.assistants.length && !this.assistants.some((a) => sameName(a.name, msg.author))) return false;
+    const group = this.versionGroups.get(this.versionKey(msg));
+    if (group && [...group].some((id) => this.streams.has(id))) return false;
+    if (this.moderator) return true;
+    const question = this.messageRow(msg.in_reply_to);
+    return Boolean(question && question.role !== "assistant" && sameName(question.author, this.me));
+  }
+
+  regenerate(id) {
+    const msg = this.messageRow(id);
+    if (!msg || !this.mayRegenerate(msg)) return false;
+    return this.socket.send({ type: "assistant.regenerate", reply_id: msg.id });
+  }
+
+  // --- Catch-up (a private summary of what this person has not read) ---------------------------
+
+  catchup() {
+    if (this.catchupTimer !== null || !this.assistants.length) return;
+    const frame = { type: "assistant.catchup" };
+    // What was unread when this page opened: by the time the button is pressed,
+    // the read mark has usually moved past it (the log was seen).
+    if (this.catchupFrom !== null) frame.since_seq = this.catchupFrom;
+    if (!this.socket.send(frame)) {
+      this.notice("offline", "Not connected: try again when the room is live.");
+      return;
+    }
+    this.catchupTimer = window.setTimeout(() => this.catchupDone(), CATCHUP_WAIT_MS);
+    catchupShow(true, true);
+  }
+
+  catchupDone() {
+    if (this.catchupTimer === null) return;
+    window.clearTimeout(this.catchupTimer);
+    this.catchupTimer = null;
+    catchupShow(this.assistants.length > 0, false);
+  }
+
+  // --- @-completion ---------------------------------------------------------------------------
+
+  // Names the composer offers after "@": the room's assistants, then people
+  // (here now, or seen writing in the log), never oneself.
+  mentionCandidates() {
+    const assistants = this.assistants.map((a) => String(a.name));
+    const taken = new Set(assistants.map((n) => n.toLowerCase()));
+    const people = new Set(this.presentUsers || []);
+    for (const { msg } of this.messages.values()) {
+      if (msg.role !== "assistant" && msg.author) people.add(String(msg.author));
+    }
+    const others = [...people].filter((n) => !sameName(n, this.me) && !taken.has(n.toLowerCase()));
+    return { assistants, people: others.sort((a, b) => a.localeCompare(b)) };
   }
 
   // A message not loaded here whose seq lies below everything shown.
@@ -455,6 +685,7 @@ export class RoomState {
   oldestMessage() {
     let oldest = null;
     for (const { msg } of this.messages.values()) {
+      if (msg.private === true) continue; // not in the room's log: older history is paged from the log's rows
       if (oldest === null || comesBefore(msg, oldest)) oldest = msg;
     }
     return oldest;
@@ -489,7 +720,7 @@ export class RoomState {
     return stream ? stream.text : null;
   }
 
-  streamResume(entry) {
+  streamResume(entry, isPrivate = false) {
     const id = entry.reply_id;
     if (!Number.isInteger(id)) return;
     const local = this.streams.get(id);
@@ -510,6 +741,7 @@ export class RoomState {
           role: "assistant",
           created: null,
           in_reply_to: entry.in_reply_to,
+          ...(isPrivate ? { private: true } : {}),
         };
     this.messageUpsert({ ...base, status: "streaming" });
     this.streamAdvance(id);
@@ -584,7 +816,7 @@ export class RoomState {
       if (this.messages.has(id)) {
         logChange(() => streamTextShow(id, stream.text));
       } else {
-        this.streamResume(entry);
+        this.streamResume(entry, frame.private === true);
       }
     }
     const next = stream.waiting.size ? Math.min(...stream.waiting.keys()) : null;
@@ -603,21 +835,34 @@ export class RoomState {
 
   queued(frame) {
     const ahead = Number(frame.position) || 1;
-    const who = this.assistant ? `@${this.assistant}` : "The assistant";
-    this.queuedNoteClear(frame.in_reply_to);
-    const note = noticeShow(
-      `queued-${frame.in_reply_to}`,
-      `${who} will answer after ${plural(ahead, "earlier request")}.`,
-      "info",
-    );
-    this.queuedNotes.set(frame.in_reply_to, note);
-    window.setTimeout(() => this.queuedNoteClear(frame.in_reply_to), NOTE_MS);
+    const inReplyTo = Number.isInteger(frame.in_reply_to) ? frame.in_reply_to : null;
+    // A request that answers no message is someone's catch-up: only the asker's is news.
+    if (inReplyTo === null && this.catchupTimer === null) return;
+    const name = typeof frame.assistant === "string" && frame.assistant ? frame.assistant : this.assistant;
+    const who = name ? `@${name}` : "The assistant";
+    const key = this.queuedKey(inReplyTo, name);
+    this.queuedNoteClear(inReplyTo, name);
+    const text =
+      inReplyTo === null
+        ? `Your catch-up: ${who} will start after ${plural(ahead, "earlier request")}.`
+        : `${who} will answer after ${plural(ahead, "earlier request")}.`;
+    const note = noticeShow(`queued-${key}`, text, "info");
+    this.queuedNotes.set(key, note);
+    window.setTimeout(() => {
+      if (this.queuedNotes.get(key) === note) this.queuedNoteClear(inReplyTo, name);
+    }, NOTE_MS);
   }
 
-  queuedNoteClear(inReplyTo) {
-    const note = this.queuedNotes.get(inReplyTo);
+  queuedKey(inReplyTo, name) {
+    return `${Number.isInteger(inReplyTo) ? inReplyTo : "-"}:${String(name || "").toLowerCase()}`;
+  }
+
+  // One notice per request: a message that asks two assistants waits twice.
+  queuedNoteClear(inReplyTo, name) {
+    const key = this.queuedKey(inReplyTo, name || this.assistant);
+    const note = this.queuedNotes.get(key);
     if (note) note.remove();
-    this.queuedNotes.delete(inReplyTo);
+    this.queuedNotes.delete(key);
   }
 
   // --- Presence and typing -----------------------------------------------------------------------
@@ -760,7 +1005,18 @@ export class RoomState {
       this.editing.saving = false;
       this.editRender();
     }
+    if (!clientId) {
+      // A refused catch-up or regenerate answers with no client_id: their buttons come back.
+      this.catchupDone();
+      regenerateReset();
+    }
     const title = ERROR_TEXT[code] || "Error";
+    if (code === "budget_exceeded") {
+      const when = resetLabel(frame.resets);
+      const note = noticeShow(`error-${code}`, when ? `${title} — resets at ${when}` : title, "error");
+      if (frame.detail) note.title = String(frame.detail);
+      return;
+    }
     noticeShow(`error-${code}`, frame.detail ? `${title}: ${frame.detail}` : title, "error");
   }
 
@@ -857,6 +1113,13 @@ export class RoomState {
   // Scroll to a quoted message and flash it, paging in older history if it is not loaded.
   quoteJump(id) {
     this.jumpTarget = null;
+    const row = this.messages.get(Number(id));
+    if (row && row.el.hidden && row.msg.role === "assistant") {
+      // Another version of a reply is shown: show this one.
+      const key = this.versionKey(row.msg);
+      this.versionShown.set(key, row.msg.id);
+      this.versionsApply(key);
+    }
     if (messageFlash(id)) return;
     if (this.reachedStart) {
       this.notice("quote_gone", "That message is no longer in this room's history.");
@@ -880,6 +1143,20 @@ export class RoomState {
     }
     this.olderLoad();
   }
+}
+
+function sameName(a, b) {
+  return String(a).toLowerCase() === String(b || "").toLowerCase();
+}
+
+// When a budget resets, in the reader's time: "23:00", or "Tue 2 Dec, 00:00" on another day.
+function resetLabel(iso) {
+  const date = new Date(String(iso || ""));
+  if (!iso || Number.isNaN(date.getTime())) return null;
+  const time = date.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+  if (date.toDateString() === new Date().toDateString()) return time;
+  const day = date.toLocaleDateString([], { weekday: "short", day: "numeric", month: "short" });
+  return `${day}, ${time}`;
 }
 
 export function excerptOf(text) {
