@@ -77,6 +77,7 @@ def test_regenerate_keeps_both_versions_and_flips(
 ) -> None:
     stack = live_stack
     alice_ctx, bob_ctx = context_new(browser), context_new(browser)
+    phone_ctx = touch_context(browser)
     try:
         alice = alice_ctx.new_page()
         bob = bob_ctx.new_page()
@@ -148,9 +149,24 @@ def test_regenerate_keeps_both_versions_and_flips(
         expect(alice.locator(f"{VISIBLE_REPLY} .version-label")).to_have_text("2 / 2")
         alice.locator(f"{VISIBLE_REPLY} button.version-prev").click()
         expect(alice.locator(f"{VISIBLE_REPLY} .msg-body")).to_contain_text("(take 1)")
+
+        # On a phone: the flipper's buttons are finger-sized, and a tap flips.
+        phone = phone_ctx.new_page()
+        login(phone, stack, "carol")
+        room_open(phone, stack, "versions")
+        shown = phone.locator(VISIBLE_REPLY)
+        expect(shown.locator(".version-label")).to_have_text("2 / 2")
+        prev = shown.locator("button.version-prev")
+        rect = prev.bounding_box()
+        assert rect is not None and rect["height"] >= 40 and rect["width"] >= 40, rect
+        prev.tap()
+        expect(phone.locator(f"{VISIBLE_REPLY} .msg-body")).to_contain_text("(take 1)")
+        expect(phone.locator(f"{VISIBLE_REPLY} .version-label")).to_have_text("1 / 2")
+        layout_check(phone)
+        phone.screenshot(path=str(shots / "phone-version-1-of-2.png"))
     finally:
-        alice_ctx.close()
-        bob_ctx.close()
+        for ctx in (alice_ctx, bob_ctx, phone_ctx):
+            ctx.close()
 
 
 def test_one_message_two_assistants_in_mention_order(

@@ -8,7 +8,7 @@ const TYPING_IDLE_MS = 4_000;
 const MENTION_MAX = 8;
 // "@" at the start or after a space or punctuation (not inside an e-mail
 // address), then what has been typed of a name, right before the caret.
-const MENTION_BEFORE_CARET = /(?:^|[^\w@.+-])@([\w.+-]{0,40})$/u;
+const MENTION_BEFORE_CARET = /(?:^|[^\p{L}\p{N}_@.+-])@([\p{L}\p{N}_.+-]{0,40})$/u;
 
 export class Composer {
   // send(frame) -> bool; submit(text); maxChars: the server's limit;
