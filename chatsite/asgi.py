@@ -14,14 +14,15 @@ django_asgi_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
-from rooms.api.webhooks import with_deliveries  # noqa: E402
+from rooms.api.asgi import api_http  # noqa: E402
 from rooms.routing import websocket_urlpatterns  # noqa: E402
 from rooms.socketauth import OriginValidator, SocketAuthMiddleware  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
-        # Every process delivers outgoing webhooks (rooms/api/webhooks.py).
-        "http": with_deliveries(django_asgi_app),
+        # The API's event stream is answered before Django, and every process
+        # delivers outgoing webhooks (rooms/api/asgi.py).
+        "http": api_http(django_asgi_app),
         "websocket": OriginValidator(SocketAuthMiddleware(URLRouter(websocket_urlpatterns))),
     }
 )

@@ -7,11 +7,18 @@ here by name, at most one of each, on the running event loop; short-lived work
 every failure is logged. A process has one event loop for its whole life; the
 test suite runs one per test, so when the loop changes everything bound to the
 old one is forgotten, and ``tasks_stop()`` ends it all in one call.
+
+Each task starts in a context of its own. One started while an HTTP request is
+handled (the API) must not inherit that request's ``ThreadSensitiveContext``
+(Django's ASGI handler): its executor thread is gone once the request ends
+("CurrentThreadExecutor already quit"), and the task's ``db_run`` calls belong
+on the process's database thread like everyone's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -46,7 +53,7 @@ class Tasks:
         loop = self.bind()
         task = self._named.get(name)
         if task is None or task.done():
-            task = loop.create_task(factory(), name=name)
+            task = loop.create_task(factory(), name=name, context=contextvars.Context())
             task.add_done_callback(self._log_failure)
             self._named[name] = task
         return task
@@ -58,7 +65,7 @@ class Tasks:
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
         """Run short-lived background work (an unreferenced task may be collected mid-flight)."""
         loop = self.bind()
-        task = loop.create_task(coro, name=name)
+        task = loop.create_task(coro, name=name, context=contextvars.Context())
         self._spawned.add(task)
         task.add_done_callback(self._spawned.discard)
         task.add_done_callback(self._log_failure)

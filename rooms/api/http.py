@@ -217,39 +217,50 @@ def _session_caller_bot(user: AbstractBaseUser) -> bool:
     return UserProfile.objects.filter(user=user, is_bot=True).exists()
 
 
-async def authenticate(request: HttpRequest, *, allow_session: bool) -> Caller:
-    header = request.headers.get("Authorization", "")
-    if header:
-        scheme, _, raw = header.partition(" ")
-        raw = raw.strip()
-        if scheme.lower() != "bearer" or not raw or len(raw) > 200 or not raw.isascii():
-            raise ApiError(
-                401,
-                INVALID_TOKEN,
-                "use Authorization: Bearer <token>",
-                {"WWW-Authenticate": 'Bearer realm="chatsite", error="invalid_request"'},
-            )
-        token, why = await db_run(token_resolve, raw)
-        if token is None:
-            raise ApiError(
-                401, INVALID_TOKEN, why, {"WWW-Authenticate": 'Bearer realm="chatsite", error="invalid_token"'}
-            )
-        user = token.user
-        caller = Caller(user=user, token=token, is_bot=user_is_bot(user))
-    elif allow_session:
-        user = await request.auser()
-        if not user.is_authenticated:
-            raise _missing()
-        caller = Caller(user=user, token=None, is_bot=await db_run(_session_caller_bot, user))
-    else:
-        raise _missing()
-    # Read by rooms.api.signals when this user's message is saved (Message.author_bot).
+async def token_caller(header: str) -> Caller:
+    """The caller an ``Authorization`` header names; 401 otherwise."""
+    scheme, _, raw = header.partition(" ")
+    raw = raw.strip()
+    if scheme.lower() != "bearer" or not raw or len(raw) > 200 or not raw.isascii():
+        raise ApiError(
+            401,
+            INVALID_TOKEN,
+            "use Authorization: Bearer <token>",
+            {"WWW-Authenticate": 'Bearer realm="chatsite", error="invalid_request"'},
+        )
+    token, why = await db_run(token_resolve, raw)
+    if token is None:
+        raise ApiError(401, INVALID_TOKEN, why, {"WWW-Authenticate": 'Bearer realm="chatsite", error="invalid_token"'})
+    return Caller(user=token.user, token=token, is_bot=user_is_bot(token.user))
+
+
+async def session_caller(user: AbstractBaseUser) -> Caller:
+    """The caller a logged-in session is (reads only); 401 if it is not logged in."""
+    if not user.is_authenticated:
+        raise missing_credentials()
+    return Caller(user=user, token=None, is_bot=await db_run(_session_caller_bot, user))
+
+
+async def caller_admit(caller: Caller) -> Caller:
+    """The per-token rate limit; marks the user for ``Message.author_bot``."""
+    # Read by rooms.api.signals when this user's message is saved.
     caller.user._chat_is_bot = caller.is_bot  # type: ignore[attr-defined]
     await _rate_check(caller)
     return caller
 
 
-def _missing() -> ApiError:
+async def authenticate(request: HttpRequest, *, allow_session: bool) -> Caller:
+    header = request.headers.get("Authorization", "")
+    if header:
+        caller = await token_caller(header)
+    elif allow_session:
+        caller = await session_caller(await request.auser())
+    else:
+        raise missing_credentials()
+    return await caller_admit(caller)
+
+
+def missing_credentials() -> ApiError:
     return ApiError(
         401,
         UNAUTHORIZED,

@@ -646,6 +646,46 @@ class Session:
             self._gap()
 
 
+RESPONSE_HEADERS = [
+    ("Content-Type", "text/event-stream"),
+    ("Cache-Control", "no-cache"),
+    # nginx: pass each event on as it comes (deploy/nginx also turns buffering off here).
+    ("X-Accel-Buffering", "no"),
+    ("X-Content-Type-Options", "nosniff"),
+]
+
+
+async def session_open(caller: Any, room: Room, raw_cursor: str, session_key: str | None) -> Session:
+    """A stream for ``caller`` in ``room`` from ``raw_cursor`` (an event id, a
+    room seq, or "" for now), or the ``ApiError`` that refuses it."""
+    from .http import ApiError
+
+    cursor = None
+    if raw_cursor:
+        cursor = Cursor.parse(raw_cursor[:8192])
+        if cursor is None:
+            raise ApiError(400, events.BAD_REQUEST, "Last-Event-ID (or after) is not an event id of this stream")
+        if cursor.seq > await db_run(selectors.room_last_seq, room.pk):
+            raise ApiError(400, events.BAD_REQUEST, "that event id is ahead of this room (an id from another room?)")
+    if not layer_health.healthy:
+        raise ApiError(503, events.UNAVAILABLE, "the server cannot reach Redis right now", {"Retry-After": "2"})
+    if streams_open(caller.user.pk) >= settings.API_SSE_MAX_PER_USER:
+        raise ApiError(
+            429,
+            events.RATE_LIMITED,
+            f"at most {settings.API_SSE_MAX_PER_USER} event streams per user and server process",
+            {"Retry-After": "5"},
+        )
+    return Session(
+        room,
+        caller.user,
+        bot=caller.is_bot,
+        token_id=caller.token.pk if caller.token is not None else None,
+        session_key=session_key,
+        cursor=cursor,
+    )
+
+
 def _format_error(code: str, detail: str) -> str:
     return f"event: {events.ERROR}\ndata: {events.error_frame(code, detail)}\n\n"
 

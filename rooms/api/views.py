@@ -23,7 +23,6 @@ from ..assistant import ask
 from ..assistant.cancel import reply_cancel
 from ..db import db_run
 from ..models import Message, Room
-from ..realtime import layer_health
 from . import bots, schema, sse
 from . import selectors as api_selectors
 from .http import (
@@ -186,36 +185,19 @@ async def reply_end(request: HttpRequest, caller: Caller, reply_id: int) -> Http
 
 @endpoint("GET", auth="any")
 async def room_events(request: HttpRequest, caller: Caller, slug: str) -> HttpResponse:
+    """The stream through Django's handler. The server processes never get
+    here: ``rooms.api.asgi`` answers this path before Django (no thread per
+    stream); this serves a deployment that does not wrap the application."""
     room = await room_visible(caller, slug)
-    raw = request.headers.get("Last-Event-ID") or request.GET.get("after") or ""
-    cursor = None
-    if raw:
-        cursor = sse.Cursor.parse(raw[:8192])
-        if cursor is None:
-            raise ApiError(400, events.BAD_REQUEST, "Last-Event-ID (or after) is not an event id of this stream")
-        if cursor.seq > await db_run(api_selectors.room_last_seq, room.pk):
-            raise ApiError(400, events.BAD_REQUEST, "that event id is ahead of this room (an id from another room?)")
-    if not layer_health.healthy:
-        raise ApiError(503, events.UNAVAILABLE, "the server cannot reach Redis right now", {"Retry-After": "2"})
-    if sse.streams_open(caller.user.pk) >= settings.API_SSE_MAX_PER_USER:
-        raise ApiError(
-            429,
-            events.RATE_LIMITED,
-            f"at most {settings.API_SSE_MAX_PER_USER} event streams per user and server process",
-            {"Retry-After": "5"},
-        )
-    session = sse.Session(
+    session = await sse.session_open(
+        caller,
         room,
-        caller.user,
-        bot=caller.is_bot,
-        token_id=caller.token.pk if caller.token is not None else None,
-        session_key=request.session.session_key if caller.token is None else None,
-        cursor=cursor,
+        request.headers.get("Last-Event-ID") or request.GET.get("after") or "",
+        request.session.session_key if caller.token is None else None,
     )
     response = StreamingHttpResponse(sse.stream(session), content_type="text/event-stream")
-    response["Cache-Control"] = "no-cache"
-    # nginx: pass each event on as it comes (deploy/nginx also turns buffering off here).
-    response["X-Accel-Buffering"] = "no"
+    for name, value in sse.RESPONSE_HEADERS:
+        response[name] = value
     return response
 
 

@@ -422,16 +422,3 @@ async def post_signed(url: str, secret: str, body: str, delivery_id: str, event:
     except (httpx.HTTPError, OSError, TimeoutError) as exc:
         raise DeliveryError(f"{type(exc).__name__} after at most {settings.WEBHOOK_TIMEOUT_SECONDS:g} s") from None
     return response.status_code
-
-
-def with_deliveries(app: Any) -> Any:
-    """Wrap the site's HTTP application so every server process runs its
-    delivery worker from its first request on (health checks included), and
-    so picks up deliveries left pending by a restart."""
-
-    async def application(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if not tasks.running("webhook-deliveries"):
-            deliveries_ensure()
-        await app(scope, receive, send)
-
-    return application
