@@ -118,7 +118,9 @@ def test_regenerate_keeps_both_versions_and_flips(
             expect(page.locator(f'#messages > li.msg[data-id="{first_id}"]')).to_be_hidden()
         second_id = int(alice.locator(VISIBLE_REPLY).get_attribute("data-id") or 0)
         assert second_id > first_id
-        rows = stack.query("SELECT id, versions FROM rooms_message WHERE id IN (?, ?) ORDER BY id", (first_id, second_id))
+        rows = stack.query(
+            "SELECT id, versions FROM rooms_message WHERE id IN (?, ?) ORDER BY id", (first_id, second_id)
+        )
         assert [(int(r[0]), json.loads(str(r[1]))) for r in rows] == [(first_id, [second_id]), (second_id, [first_id])]
 
         # The entry sits where the question was answered: right after the question.

@@ -196,7 +196,8 @@ export function messageElement(message, view) {
 }
 
 const SVG = "http://www.w3.org/2000/svg";
-const LOCK_PATH = "M7 10V7a5 5 0 0 1 10 0v3h1a1 1 0 0 1 1 1v9a1 1 0 0 1-1 1H6a1 1 0 0 1-1-1v-9a1 1 0 0 1 1-1zm2 0h6V7a3 3 0 0 0-6 0z";
+const LOCK_PATH =
+  "M7 10V7a5 5 0 0 1 10 0v3h1a1 1 0 0 1 1 1v9a1 1 0 0 1-1 1H6a1 1 0 0 1-1-1v-9a1 1 0 0 1 1-1zm2 0h6V7a3 3 0 0 0-6 0z";
 
 function privateLabel() {
   const label = el("div", "private-label");
@@ -243,7 +244,9 @@ function actionsElement(message, view) {
     bar.append(button);
   };
   action("reply", "Reply", `Reply to ${message.author}`);
-  if (view.mayRegenerate(message)) action("regenerate", "Regenerate", `Ask ${message.author} again: a new version of this reply`);
+  if (view.mayRegenerate(message)) {
+    action("regenerate", "Regenerate", `Ask ${message.author} again: a new version of this reply`);
+  }
   const own = message.role !== "assistant" && message.author === view.me;
   if (message.role !== "assistant" && (own || view.moderator)) action("edit", "Edit", "Edit message");
   if (own || view.moderator) action("delete", "Delete", "Delete message");

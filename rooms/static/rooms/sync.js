@@ -564,7 +564,10 @@ export class RoomState {
     this.versionShown.set(key, target);
     if (row) {
       const focused = document.activeElement;
-      const which = focused && focused.classList.contains("version-flip") ? (focused.classList.contains("version-prev") ? "prev" : "next") : null;
+      let which = null;
+      if (focused && focused.classList.contains("version-flip")) {
+        which = focused.classList.contains("version-prev") ? "prev" : "next";
+      }
       // The entry stays where it is on screen; what is below it moves if the versions differ in length.
       this.versionsApply(key);
       if (which) {
@@ -573,9 +576,11 @@ export class RoomState {
         const any = row.el.querySelector("button.version-flip:not(:disabled)");
         if (same || any) (same || any).focus({ preventScroll: true });
       }
-    } else {
+    } else if (target < this.lastId) {
+      // An older version not loaded yet: page history in until it is.
       this.quoteJump(target);
     }
+    // A newer one is on its way (its start or the resume brings it), and shows itself.
   }
 
   // The group a version not loaded here belongs to, from the loaded ones that list it.
