@@ -192,12 +192,13 @@ class Stack:
             conn.close()
 
     def room_messages(self, slug: str) -> list[tuple[int, int, str, str, str]]:
-        """(id, seq, author, role, status) of every row in the room, in seq order."""
+        """(id, seq, author, role, status) of every row of the room's log, in seq
+        order (private replies, which have no seq, are nobody's log)."""
         return [
             (int(r[0]), int(r[1]), str(r[2]), str(r[3]), str(r[4]))  # type: ignore[arg-type]
             for r in self.query(
                 "SELECT m.id, m.seq, m.author_name, m.role, m.status FROM rooms_message m "
-                "JOIN rooms_room r ON r.id = m.room_id WHERE r.slug = ? ORDER BY m.seq",
+                "JOIN rooms_room r ON r.id = m.room_id WHERE r.slug = ? AND m.visible_to_id IS NULL ORDER BY m.seq",
                 (slug,),
             )
         ]
