@@ -255,7 +255,7 @@ API_RATE_LIMIT = _rate(env.str("API_RATE_LIMIT", default="1200/60s"))
 API_MAX_BODY_BYTES = env.int("API_MAX_BODY_BYTES", default=64 * 1024)
 # SSE: a comment line this often keeps proxies from closing a quiet stream.
 API_SSE_HEARTBEAT_SECONDS = env.float("API_SSE_HEARTBEAT_SECONDS", default=15.0)
-# SSE streams one user may hold open on one server process (429 beyond it).
+# SSE streams one user may hold open on one server process (429 beyond it; 0: no cap).
 API_SSE_MAX_PER_USER = env.int("API_SSE_MAX_PER_USER", default=20)
 # Events a slow SSE reader may fall behind by before its stream is closed (it
 # reconnects with Last-Event-ID and resumes from the database).

@@ -669,7 +669,8 @@ async def session_open(caller: Any, room: Room, raw_cursor: str, session_key: st
             raise ApiError(400, events.BAD_REQUEST, "that event id is ahead of this room (an id from another room?)")
     if not layer_health.healthy:
         raise ApiError(503, events.UNAVAILABLE, "the server cannot reach Redis right now", {"Retry-After": "2"})
-    if streams_open(caller.user.pk) >= settings.API_SSE_MAX_PER_USER:
+    cap = settings.API_SSE_MAX_PER_USER
+    if cap and streams_open(caller.user.pk) >= cap:
         raise ApiError(
             429,
             events.RATE_LIMITED,
