@@ -118,14 +118,21 @@ def main() -> int:
     results = []
     for server in args.servers.split(","):
         for kind in ("sse", "ws"):
-            with tempfile.TemporaryDirectory() as workdir, Stack(
-                workdir,
-                daphne_count=1,
-                nginx=False,
-                servers=[server],
-                database_url=f"sqlite:///{workdir}/db.sqlite3",
-                env_overrides={"CHAT_MAX_SOCKETS_PER_USER": "0", "API_SSE_MAX_PER_USER": "0", "API_RATE_LIMIT": "0"},
-            ) as stack:
+            with (
+                tempfile.TemporaryDirectory() as workdir,
+                Stack(
+                    workdir,
+                    daphne_count=1,
+                    nginx=False,
+                    servers=[server],
+                    database_url=f"sqlite:///{workdir}/db.sqlite3",
+                    env_overrides={
+                        "CHAT_MAX_SOCKETS_PER_USER": "0",
+                        "API_SSE_MAX_PER_USER": "0",
+                        "API_RATE_LIMIT": "0",
+                    },
+                ) as stack,
+            ):
                 stack.user_create("listener")
                 stack.room_create("memory")
                 token = stack.manage("createapitoken", "listener").stdout.strip().splitlines()[-1]
