@@ -434,7 +434,8 @@ class RoomConsumer(AsyncWebsocketConsumer):
             name = payload.get("assistant")
             if name is not None and (not isinstance(name, str) or not 0 < len(name) <= 32):
                 raise BadFrame(events.BAD_REQUEST, "assistant must be an assistant's name")
-            await ask.catchup(self.room, self.user, name)
+            since = _int_field(payload, "since_seq", required=False, minimum=0)
+            await ask.catchup(self.room, self.user, name, since)
         elif kind == events.MESSAGE_EDIT:
             await self._message_edit(payload)
         elif kind == events.MESSAGE_DELETE:

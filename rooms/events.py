@@ -363,11 +363,13 @@ def assistant_end_frame(reply: Message) -> str:
     )
 
 
-def assistant_queued_frame(in_reply_to: int | None, position: int, *, assistant: str | None = None) -> str:
+def assistant_queued_frame(
+    in_reply_to: int | None, position: int, *, assistant: str | None = None, private: bool = False
+) -> str:
     payload: dict[str, Any] = {"type": ASSISTANT_QUEUED, "in_reply_to": in_reply_to, "position": position}
     if assistant is not None:
         payload["assistant"] = assistant
-    return dumps(payload)
+    return dumps(_private(payload, private))
 
 
 def assistant_snapshot_frame(reply: Message) -> str:

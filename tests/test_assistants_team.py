@@ -102,6 +102,9 @@ async def test_one_message_mentioning_both_gets_two_replies_in_mention_order(mak
     assert [first["author"], second["author"]] == ["critic", "assistant"]
     assert first["seq"] < second["seq"] and first["in_reply_to"] == second["in_reply_to"]
     assert [r["model"] for r in model.requests[-2:]] == ["critic-model", "fake-a"]
+    # Each answers the question on its own: it is the last word both were shown.
+    for request in model.requests[-2:]:
+        assert request["messages"][-1]["content"] == "alice: @critic then @assistant [[tokens=4]] please"
     await a1.disconnect()
 
 

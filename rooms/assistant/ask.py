@@ -120,10 +120,12 @@ async def reply_regenerate(room: Room, user: object, reply_id: int) -> None:
     request_run(room.pk, request.pk)
 
 
-async def catchup(room: Room, user: object, assistant_name: str | None) -> None:
-    """A private summary of what ``user`` has not read, streamed to their own sockets only."""
+async def catchup(room: Room, user: object, assistant_name: str | None, since_seq: int | None = None) -> None:
+    """A private summary of what ``user`` has not read, streamed to their own
+    sockets only: from ``since_seq`` (what the page showed as unread when it
+    opened), else from their stored read position."""
     await ask_check(room, user, [assistant_name] if assistant_name else [])
-    since = await db_run(selectors.room_last_read, room, user)
+    since = since_seq if since_seq is not None else await db_run(selectors.room_last_read, room, user)
     request = await db_run(
         services.request_catchup, room=room, user=user, assistant_name=assistant_name, since_seq=since
     )

@@ -42,15 +42,15 @@ def _entry(message: Message, me: Assistant | None = None) -> dict[str, str]:
 
 
 def _answer_context(room: Room, assistant: Assistant, request: AssistantRequest, reply: Message) -> list[Message]:
-    # A regenerated reply sees what the first version saw: the room up to it.
-    before = reply.seq - 1 if reply.seq else 0
-    if request.kind == AssistantRequest.Kind.REGENERATE and request.regenerates is not None:
-        before = (request.regenerates.seq or before + 1) - 1
+    # The room up to the question: each assistant a message asks answers it on
+    # its own (the second does not see the first's reply as the last word),
+    # and a regenerated reply sees what the first version saw.
+    question = request.message
+    before = question.seq if question is not None and question.seq else (reply.seq or 1) - 1
     budget = assistant.context_chars or settings.ASSISTANT_CONTEXT_CHARS
     history = selectors.context_messages(room, before_seq=before, budget=budget)
     # A question that quotes an earlier message ("reply to") is about it: the
     # quoted message goes in just before the question when the budget left it out.
-    question = request.message
     quoted = question.reply_to if question is not None and question.reply_to_id else None
     if quoted is not None and not quoted.deleted and all(m.pk != quoted.pk for m in history):
         index = next((i for i, m in enumerate(history) if question is not None and m.pk == question.pk), len(history))

@@ -155,9 +155,11 @@ def request_queue_position(request_id: int) -> int:
 
 def request_summary(request_id: int) -> dict[str, object]:
     request = AssistantRequest.objects.select_related("assistant").filter(pk=request_id).first()
+    private = request is not None and request.kind == AssistantRequest.Kind.CATCHUP
     return {
         "in_reply_to": request.message_id if request else None,
         "assistant": request.assistant.name if request and request.assistant else None,
+        "private_to": request.requester_id if private else None,
     }
 
 

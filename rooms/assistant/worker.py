@@ -112,7 +112,8 @@ async def _request_worker(room_id: int, request_id: int) -> None:
             return  # started or refused elsewhere
         if position != announced:
             announced = position
-            await announce(room_id, events.envelope(await _queued_frame(request_id, position), events.ASSISTANT_QUEUED))
+            frame, private_to = await _queued_frame(request_id, position)
+            await announce(room_id, events.envelope(frame, events.ASSISTANT_QUEUED), private_to=private_to)
         wakeup.clear()
         try:
             await asyncio.wait_for(wakeup.wait(), QUEUE_POLL_SECONDS)
@@ -124,9 +125,14 @@ async def _request_worker(room_id: int, request_id: int) -> None:
         _wakeup_event().set()
 
 
-async def _queued_frame(request_id: int, position: int) -> str:
+async def _queued_frame(request_id: int, position: int) -> tuple[str, int | None]:
+    """The queued notice, and whose sockets alone may see it (a catch-up's asker)."""
     request = await db_run(services.request_summary, request_id)
-    return events.assistant_queued_frame(request["in_reply_to"], position, assistant=request["assistant"])
+    private_to = request["private_to"]
+    frame = events.assistant_queued_frame(
+        request["in_reply_to"], position, assistant=request["assistant"], private=private_to is not None
+    )
+    return frame, private_to
 
 
 async def _reply_run(reply: Message) -> None:
