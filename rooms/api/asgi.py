@@ -105,7 +105,7 @@ def _security_headers(scope: dict[str, Any]) -> list[tuple[str, str]]:
 async def _open(scope: dict[str, Any], headers: dict[str, str], slug: str) -> sse.Session:
     """Authenticate, find the room, make the stream; ``ApiError`` otherwise."""
     authorization = headers.get("authorization")
-    session_key = None
+    session_key, expires = None, None
     if authorization:
         caller = await token_caller(authorization)
     else:
@@ -114,7 +114,7 @@ async def _open(scope: dict[str, Any], headers: dict[str, str], slug: str) -> ss
         key = parse_cookie(headers.get("cookie", "")).get(settings.SESSION_COOKIE_NAME)
         if not key or not (key.isascii() and key.isalnum()):
             raise missing_credentials()
-        _, user, _ = await db_run(session_user_resolve, key)
+        _, user, expires = await db_run(session_user_resolve, key)
         caller = await session_caller(user)
         session_key = key
     caller = await caller_admit(caller)
@@ -123,7 +123,7 @@ async def _open(scope: dict[str, Any], headers: dict[str, str], slug: str) -> ss
         raise not_found()
     query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
     raw = headers.get("last-event-id") or (query.get("after") or [""])[0]
-    return await sse.session_open(caller, room, raw, session_key)
+    return await sse.session_open(caller, room, raw, session_key, expires)
 
 
 async def events_app(scope: dict[str, Any], receive: Any, send: Any, slug: str) -> None:

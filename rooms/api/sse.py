@@ -276,6 +276,7 @@ class Session:
         self.queue: asyncio.Queue[Live] = asyncio.Queue()
         self.ended: Ended | None = None
         self.joined: list[tuple[str, Any]] = []
+        self.counted = False  # in _per_user
         # Early arrivals, by the seq or delta seq they wait for.
         self.held_rows: dict[int, Live] = {}
         self.after_row: dict[int, list[Live]] = {}
@@ -287,6 +288,8 @@ class Session:
         self.seen_edited: dict[int, int] = {}
         self.edited_floor = 0
         self.replayed = 0
+        # A session cookie's expiry (time.time()): checked again then, as a socket does.
+        self.expires: float | None = None
 
     # --- wiring -----------------------------------------------------------------------
 
@@ -299,6 +302,7 @@ class Session:
         self.joined.append((group, self))
         layer_health.register(self)
         _per_user[self.user_id] = _per_user.get(self.user_id, 0) + 1
+        self.counted = True
 
     def leave(self) -> None:
         layer_health.unregister(self)
@@ -307,7 +311,8 @@ class Session:
                 _feed_leave(self.room.pk, self)
             else:
                 tasks.spawn(hub.leave(group, receiver), name="sse-leave")
-        if self.joined:
+        if self.counted:
+            self.counted = False
             left = _per_user.get(self.user_id, 1) - 1
             if left > 0:
                 _per_user[self.user_id] = left
@@ -356,6 +361,16 @@ class Session:
                 self.end("unauthorized", "logged out")
         elif kind == events.USER_ACCESS or (kind == events.USER_REMOVED and message.get("room_id") == self.room.pk):
             tasks.spawn(self._access_recheck(), name="sse-access-recheck")
+
+    async def session_recheck(self) -> None:
+        """The session's expiry came: still logged in (it may have been extended)?"""
+        from ..socketauth import session_user_resolve
+
+        _, user, expires = await db_run(session_user_resolve, self.session_key)
+        if not user.is_authenticated or user.pk != self.user_id:
+            self.end("unauthorized", "the session expired")
+        else:
+            self.expires = expires.timestamp() if expires is not None else None
 
     async def _access_recheck(self) -> None:
         try:
@@ -655,7 +670,9 @@ RESPONSE_HEADERS = [
 ]
 
 
-async def session_open(caller: Any, room: Room, raw_cursor: str, session_key: str | None) -> Session:
+async def session_open(
+    caller: Any, room: Room, raw_cursor: str, session_key: str | None, expires: datetime | None = None
+) -> Session:
     """A stream for ``caller`` in ``room`` from ``raw_cursor`` (an event id, a
     room seq, or "" for now), or the ``ApiError`` that refuses it."""
     from .http import ApiError
@@ -677,7 +694,7 @@ async def session_open(caller: Any, room: Room, raw_cursor: str, session_key: st
             f"at most {settings.API_SSE_MAX_PER_USER} event streams per user and server process",
             {"Retry-After": "5"},
         )
-    return Session(
+    session = Session(
         room,
         caller.user,
         bot=caller.is_bot,
@@ -685,6 +702,9 @@ async def session_open(caller: Any, room: Room, raw_cursor: str, session_key: st
         session_key=session_key,
         cursor=cursor,
     )
+    if session_key is not None and expires is not None:
+        session.expires = expires.timestamp()
+    return session
 
 
 def _format_error(code: str, detail: str) -> str:
@@ -735,6 +755,11 @@ async def stream(session: Session) -> AsyncIterator[str]:
                     session._gap()
             if time.monotonic() >= next_beat:
                 next_beat = time.monotonic() + heartbeat
+                if session.expires is not None and time.time() >= session.expires:
+                    try:
+                        await session.session_recheck()
+                    except DatabaseUnavailable:
+                        pass
                 if not out:
                     out.append(": keep-alive\n\n")
             if out:
