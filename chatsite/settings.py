@@ -90,6 +90,9 @@ DATABASE_STATEMENT_TIMEOUT_MS = env.int("DATABASE_STATEMENT_TIMEOUT_MS", default
 DATABASE_POOL_SIZE = env.int("DATABASE_POOL_SIZE", default=10)
 DATABASE_POOL_TIMEOUT = env.float("DATABASE_POOL_TIMEOUT", default=3.0)
 DATABASE_CALL_TIMEOUT = env.float("DATABASE_CALL_TIMEOUT", default=6.0)
+# Threads a server process runs socket database work on (rooms.db.db_run):
+# several on PostgreSQL, so different sockets' round trips overlap (within the
+# pool); one on SQLite, which writes one transaction at a time anyway.
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # WAL lets readers run beside the one writer; IMMEDIATE takes the write lock
     # at BEGIN, so a transaction never fails half-way on an upgrade.
@@ -123,6 +126,9 @@ else:
     if DATABASE_STATEMENT_TIMEOUT_MS:
         options["options"] = f"-c statement_timeout={DATABASE_STATEMENT_TIMEOUT_MS}"
     DATABASES["default"]["CONN_MAX_AGE"] = 0
+DATABASE_THREADS = env.int(
+    "DATABASE_THREADS", default=1 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3" else 4
+)
 # A pooled connection is checked before it is handed out (one round trip), so a
 # connection broken by a database restart never reaches a request.
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True

@@ -178,6 +178,5 @@ class RoomReadAdmin(admin.ModelAdmin):
 # The assistant usage page registers itself with the admin.
 from . import usage_admin  # noqa: E402, F401
 
-
 # The API: tokens, bot flags, webhooks and their deliveries.
 from .api import admin as api_admin  # noqa: E402, F401

@@ -1,10 +1,10 @@
 """The database as a dependency that can fail.
 
 Sockets and background tasks reach the ORM only through ``db_run``. It runs a
-synchronous function on the process's database thread (channels'
-``database_sync_to_async``: one thread, connections handed back to the pool
-after each call) under a deadline, and turns every way the database can be
-away into one exception, ``DatabaseUnavailable``:
+synchronous function on one of the process's DATABASE_THREADS database
+threads (each call hands its connection back to the pool when it ends) under a
+deadline, and turns every way the database can be away into one exception,
+``DatabaseUnavailable``:
 
 - refused or reset connections, a pool with no free connection, a statement
   the server cancelled (``statement_timeout``): Django's ``OperationalError`` /
@@ -36,11 +36,12 @@ import os
 import socket
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ParamSpec, TypeVar
 
-from channels.db import database_sync_to_async
+from asgiref.sync import SyncToAsync
 from django.conf import settings
-from django.db import DEFAULT_DB_ALIAS, InterfaceError, OperationalError, connections
+from django.db import DEFAULT_DB_ALIAS, InterfaceError, OperationalError, close_old_connections, connections
 
 logger = logging.getLogger(__name__)
 
@@ -131,13 +132,35 @@ class _Call:
 def _runner(call: _Call, fn: Callable[..., R], args: tuple[Any, ...], kwargs: dict[str, Any]) -> R:
     if call.abandoned:
         raise DatabaseUnavailable("abandoned before it started")
-    wrapper = connections[DEFAULT_DB_ALIAS]
-    wrapper.ensure_connection()
-    call.connection = wrapper.connection
+    # As channels' database_sync_to_async: a connection left unusable by an
+    # earlier call is dropped first, and this one goes back when done.
+    close_old_connections()
     try:
-        return fn(*args, **kwargs)
+        wrapper = connections[DEFAULT_DB_ALIAS]
+        wrapper.ensure_connection()
+        call.connection = wrapper.connection
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            call.connection = None
     finally:
-        call.connection = None
+        close_old_connections()
+
+
+class _Threads:
+    """The process's database threads (PostgreSQL: several, so the round trips
+    of different sockets overlap; SQLite: one writer at a time anyway)."""
+
+    def __init__(self) -> None:
+        self._executor: ThreadPoolExecutor | None = None
+
+    def executor(self) -> ThreadPoolExecutor:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=settings.DATABASE_THREADS, thread_name_prefix="db")
+        return self._executor
+
+
+_threads = _Threads()
 
 
 async def db_run(fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
@@ -151,9 +174,8 @@ async def db_run(fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
         raise DatabaseUnavailable("the database is unavailable")
     call = _Call()
     try:
-        result = await asyncio.wait_for(
-            database_sync_to_async(_runner)(call, fn, args, kwargs), settings.DATABASE_CALL_TIMEOUT
-        )
+        runner = SyncToAsync(_runner, thread_sensitive=False, executor=_threads.executor())
+        result = await asyncio.wait_for(runner(call, fn, args, kwargs), settings.DATABASE_CALL_TIMEOUT)
     except TimeoutError:
         call.abandoned = True
         call.abort()
