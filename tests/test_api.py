@@ -312,3 +312,33 @@ def test_deliveries_are_recorded_with_the_message(make_user, make_room):
     assert rows == [(plain.pk, "message"), (mention.pk, "message"), (mention.pk, "mention")]
     body = WebhookDelivery.objects.filter(message=mention, event="mention").get().body
     assert '"trigger":"mention"' in body and '"mentions":["hookbot"]' in body
+
+
+@pytest.mark.django_db
+def test_the_admin_lists_and_revokes_tokens_and_shows_deliveries(client, make_user, make_room):
+    from django.contrib.auth import get_user_model
+
+    from rooms.api.models import Webhook, WebhookDelivery
+
+    admin = get_user_model().objects.create_superuser("root", "root@example.com", "correct-horse-battery")
+    client.force_login(admin)
+    row, token = ApiToken.issue(make_user("tokenowner"), "deploy")
+    listing = client.get("/admin/rooms/apitoken/")
+    assert (
+        listing.status_code == 200 and row.prefix.encode() in listing.content and token.encode() not in listing.content
+    )
+    assert client.get("/admin/rooms/apitoken/add/").status_code == 403, "tokens are never made in the admin"
+    client.post("/admin/rooms/apitoken/", {"action": "revoke", "_selected_action": [row.pk]})
+    assert token_resolve(token) == (None, "the token was revoked")
+    hook = Webhook.objects.create(room=make_room("adminhooks"), url="http://example.com/", secret="s")
+    delivery = WebhookDelivery.objects.create(
+        webhook=hook,
+        event="message",
+        body="{}",
+        attempts=2,
+        log=[{"at": "t", "status": 500, "error": "HTTP 500", "ms": 3}],
+    )
+    assert client.get(f"/admin/rooms/webhook/{hook.pk}/change/").status_code == 200
+    page = client.get(f"/admin/rooms/webhookdelivery/{delivery.pk}/change/")
+    assert page.status_code == 200 and b"HTTP 500" in page.content
+    assert client.get("/admin/rooms/userprofile/").status_code == 200

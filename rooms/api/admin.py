@@ -4,6 +4,7 @@ and every delivery attempt. Imported at the end of ``rooms.admin``."""
 from __future__ import annotations
 
 from django.contrib import admin, messages
+from django.db import models
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils import timezone
@@ -74,6 +75,7 @@ class WebhookAdmin(admin.ModelAdmin):
     readonly_fields = ["created"]
     fields = ["room", "url", "secret", "event", "bot", "active", "created"]
     inlines = [DeliveryInline]
+    formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
 
 
 @admin.register(WebhookDelivery)
