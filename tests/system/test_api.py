@@ -21,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.stack import Stack
+from tests.stack import Stack, port_free
 from tests.system.apiclient import SseStream, api, reply_view, token_make, token_revoke
 from tests.system.conftest import USERS, client_for, stack_seed
 
@@ -567,6 +567,28 @@ async def test_webhook_signed_and_retried_after_a_500(stack, tokens, slug):
     finally:
         await receiver.close()
         await mentions.close()
+
+
+@pytest.mark.asyncio
+async def test_webhook_deliveries_pending_across_a_restart_go_out_after_it(stack, tokens, slug):
+    """The receiver is down; both server processes restart; it comes up: the
+    delivery recorded before the restart arrives (at least once)."""
+    port = port_free()
+    webhook_make(stack, slug, f"http://127.0.0.1:{port}/later", "later")
+    await asyncio.sleep(6)  # each process re-reads the room's webhooks within 5 s
+    posted = (await api(stack.url, tokens["alice"], "POST", f"/api/v1/rooms/{slug}/messages", {"text": "later"})).json()
+    attempts = f"WebhookDelivery.objects.get(message_id={posted['id']}).attempts"
+    prefix = "__import__('rooms.api.models', fromlist=['x'])."
+    await eventually(lambda: int(db_value(stack, prefix + attempts)) >= 1, "a failed first attempt")
+    stack.restart_daphne(0)
+    stack.restart_daphne(1)
+    receiver = Receiver([])
+    receiver.server = await asyncio.start_server(receiver._handle, "127.0.0.1", port)
+    try:
+        await eventually(lambda: receiver.requests, "the delivery after the restart", timeout=30)
+        assert json.loads(receiver.requests[0]["body"])["message"]["id"] == posted["id"]  # type: ignore[arg-type]
+    finally:
+        await receiver.close()
 
 
 @pytest.mark.asyncio
