@@ -41,6 +41,9 @@ logger = logging.getLogger(__name__)
 
 
 TYPING_REPEAT_SECONDS = 2.0
+# slug -> room id, learnt from earlier sockets of this process (checked again
+# at every open, and forgotten when it no longer matches).
+_room_ids: dict[str, int] = {}
 # What a lost access closes a socket with.
 ACCESS_CLOSE = {
     "user": events.CLOSE_NOT_AUTHENTICATED,
@@ -174,27 +177,49 @@ class RoomConsumer(AsyncWebsocketConsumer):
         self.username = user.get_username()
         self.session_key = getattr(self.scope.get("session"), "session_key", None)
         slug = self.scope["url_route"]["kwargs"]["slug"]
-        try:
-            room = await db_run(selectors.room_get_visible, slug, user)
-        except DatabaseUnavailable:
-            await self._refuse(events.CLOSE_UNAVAILABLE)
-            return
-        if room is None:
-            # A private room the user may not see answers like one that does not exist.
-            await self._refuse(events.CLOSE_NOT_FOUND)
-            return
         if not layer_health.healthy:
             await self._refuse(events.CLOSE_UNAVAILABLE)
             return
         after, after_error = self._after_param()
         self.presence_deltas = b"presence=delta" in self.scope.get("query_string", b"")
-
         try:
             # Join before reading the snapshot: anything committed after the read
-            # arrives live, anything before is in the snapshot; overlap is dropped by id.
-            for group in (room_group(room.pk), user_group(user.pk)):
-                self.groups_joined.append(group)
-                await hub.join(group, self)
+            # arrives live, anything before is in the snapshot; overlap is dropped
+            # by id. The room's id is known from earlier sockets (one lookup per
+            # slug and process), so access and snapshot are one database hop; if
+            # the slug now names another room, join that one and read again.
+            room_id = _room_ids.get(slug) or await db_run(selectors.room_id_for, slug)
+            opened = None
+            for _ in range(2):
+                if room_id is None:
+                    break
+                await self._groups_join([room_group(room_id), user_group(user.pk)])
+                opened = await db_run(
+                    selectors.room_open,
+                    slug,
+                    user,
+                    after=after,
+                    latest=settings.CHAT_HELLO_MESSAGES,
+                    resume_max=settings.CHAT_RESUME_MAX,
+                )
+                if opened.room is None or opened.room.pk == room_id:
+                    break
+                room_id = opened.room.pk
+        except DatabaseUnavailable:
+            await self._refuse(events.CLOSE_UNAVAILABLE)
+            return
+        except Exception as exc:  # noqa: BLE001 - Redis down: tell the client to retry
+            logger.warning("connect to %s failed: %s", slug, type(exc).__name__)
+            await self._refuse(events.CLOSE_UNAVAILABLE)
+            return
+        room = opened.room if opened is not None else None
+        if room is None or room.pk != room_id:
+            _room_ids.pop(slug, None)
+            # A private room the user may not see answers like one that does not exist.
+            await self._refuse(events.CLOSE_NOT_FOUND)
+            return
+        _room_ids[slug] = room_id
+        try:
             joined = await presence.presence_join(room.pk, user.pk, self.username, self.socket_id)
         except TooManySockets:
             await self._refuse(events.CLOSE_TOO_MANY)
@@ -205,11 +230,7 @@ class RoomConsumer(AsyncWebsocketConsumer):
             return
         self.present = True
         self.room = room
-        try:
-            hello = await db_run(self._hello_build, room, after, joined)
-        except DatabaseUnavailable:
-            await self._refuse(events.CLOSE_UNAVAILABLE)
-            return
+        hello = self._hello_build(opened, after, joined)
         await self.accept()
         await self.send(text_data=hello)
         await self._backlog_flush()
@@ -218,6 +239,16 @@ class RoomConsumer(AsyncWebsocketConsumer):
         layer_health.register(self)
         ask.background_ensure()
         self._session_timer_start()
+
+    async def _groups_join(self, groups: list[str]) -> None:
+        """Be in exactly these groups (leaving any joined for another room)."""
+        for group in [g for g in self.groups_joined if g not in groups]:
+            self.groups_joined.remove(group)
+            await hub.leave(group, self)
+        for group in groups:
+            if group not in self.groups_joined:
+                self.groups_joined.append(group)
+                await hub.join(group, self)
 
     def _after_param(self) -> tuple[int | None, str | None]:
         query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
@@ -232,30 +263,24 @@ class RoomConsumer(AsyncWebsocketConsumer):
             return None, "after must be a message id"
         return value, None
 
-    def _hello_build(self, room: Room, after: int | None, joined: presence.Joined) -> str:
-        truncated = False
-        if after is None:
-            messages = selectors.message_list_latest(room, settings.CHAT_HELLO_MESSAGES)
-        else:
-            resume = selectors.message_list_after(room, after, settings.CHAT_RESUME_MAX)
-            messages, truncated = resume.messages, resume.truncated
-        streaming = selectors.reply_list_streaming(room)
+    def _hello_build(self, opened: selectors.RoomOpen, after: int | None, joined: presence.Joined) -> str:
+        room = opened.room
+        assert room is not None
+        messages, streaming = opened.messages, opened.streaming
         shown = [m for m in messages if m.status != Message.Status.STREAMING]
         frame, sent, cut = events.hello_frame(
             room_slug=room.slug,
             room_name=room.name,
-            assistants=[
-                {"name": a.name, "model": a.model or settings.ASSISTANT_MODEL} for a in ask.room_assistants(room)
-            ],
-            private=selectors.private_replies(room, self.user),
+            assistants=[{"name": a.name, "model": a.model or settings.ASSISTANT_MODEL} for a in opened.assistants],
+            private=opened.private,
             username=self.username,
             presence=joined.users,
             presence_version=joined.version,
-            last_read_seq=selectors.room_last_read(room, self.user),
-            moderator=selectors.room_may_moderate(room, self.user),
+            last_read_seq=opened.last_read_seq,
+            moderator=opened.moderator,
             messages=shown,
             streaming=streaming,
-            truncated=truncated,
+            truncated=opened.truncated,
             resume=after is not None,
             limit=settings.CHAT_MAX_SEND_FRAME_BYTES,
         )

@@ -4,15 +4,15 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
-from django.db.models import Count, Exists, OuterRef, Q, QuerySet, Subquery, TextField
+from django.db.models import Count, Exists, OuterRef, Prefetch, Q, QuerySet, Subquery, TextField
 from django.db.models.functions import Cast, Coalesce
 
 from .access import access_check_fresh, room_can_access
-from .models import Membership, Message, Room, RoomRead
+from .models import Assistant, Membership, Message, Room, RoomRead
 
 __all__ = ["room_can_access"]
 
@@ -207,3 +207,58 @@ def _within(newest_first: QuerySet[Message], budget: int) -> list[Message]:
         used += cost
     picked.reverse()
     return picked
+
+
+@dataclass
+class RoomOpen:
+    """Everything a socket needs to open a room, read in one database hop."""
+
+    room: Room | None  # None: no such room, or one this user may not see
+    moderator: bool = False
+    last_read_seq: int = 0
+    assistants: list[Assistant] = field(default_factory=list)
+    messages: list[Message] = field(default_factory=list)
+    truncated: bool = False
+    streaming: list[Message] = field(default_factory=list)
+    private: list[Message] = field(default_factory=list)
+
+
+def room_open(slug: str, user: AbstractBaseUser, *, after: int | None, latest: int, resume_max: int) -> RoomOpen:
+    """The room (if ``user`` may open it: active, and a member of a private
+    room), with who they are in it and the snapshot its hello carries: the
+    latest messages (``after`` None) or those after the cursor, the replies
+    being written, and the user's own private replies."""
+    if not user.is_active:
+        return RoomOpen(room=None)
+    read = RoomRead.objects.filter(room=OuterRef("pk"), user=user).values("last_read_seq")[:1]
+    mine = Membership.objects.filter(room=OuterRef("pk"), user=user)
+    room = (
+        Room.objects.filter(slug=slug)
+        .annotate(
+            read_seq=Coalesce(Subquery(read), 0),
+            is_member=Exists(mine),
+            is_moderator=Exists(mine.filter(role=Membership.Role.MODERATOR)),
+        )
+        .prefetch_related(Prefetch("assistants", queryset=Assistant.objects.filter(enabled=True)))
+        .first()
+    )
+    if room is None or (room.is_private and not room.is_member):
+        return RoomOpen(room=None)
+    state = RoomOpen(
+        room=room,
+        moderator=bool(getattr(user, "is_staff", False) or room.is_moderator),
+        last_read_seq=room.read_seq,
+        assistants=list(room.assistants.all()),
+    )
+    if after is None:
+        state.messages = message_list_latest(room, latest)
+    else:
+        resume = message_list_after(room, after, resume_max)
+        state.messages, state.truncated = resume.messages, resume.truncated
+    state.streaming = reply_list_streaming(room)
+    state.private = private_replies(room, user)
+    return state
+
+
+def room_id_for(slug: str) -> int | None:
+    return Room.objects.filter(slug=slug).values_list("pk", flat=True).first()
