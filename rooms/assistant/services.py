@@ -46,6 +46,12 @@ def _streaming_replies() -> models.QuerySet[Message]:
     return Message.objects.filter(role=Message.Role.ASSISTANT, status=Message.Status.STREAMING)
 
 
+def _assistant_slots() -> models.QuerySet[Message]:
+    """The streaming replies that take an assistant slot (a bot streaming through
+    the API costs us no model and makes no assistant wait)."""
+    return _streaming_replies().filter(assistant__isnull=False)
+
+
 def _pending() -> models.QuerySet[AssistantRequest]:
     return AssistantRequest.objects.filter(state=AssistantRequest.State.PENDING)
 
@@ -57,7 +63,7 @@ def _site_ahead(room_id: int, request_id: int) -> int:
         _pending()
         .filter(pk__lt=request_id)
         .exclude(room_id=room_id)
-        .exclude(room_id__in=_streaming_replies().values("room_id"))
+        .exclude(room_id__in=_assistant_slots().values("room_id"))
         .values("room_id")
         .distinct()
         .count()
@@ -91,11 +97,11 @@ def request_claim_turn(request_id: int) -> Message | None:
             return None
         now = timezone.now()
         first = _pending().filter(room_id=room.pk).order_by("id").values_list("pk", flat=True).first()
-        streaming = _streaming_replies().filter(room_id=room.pk).count()
+        streaming = _assistant_slots().filter(room_id=room.pk).count()
         turn = first == request_id and streaming < settings.ASSISTANT_MAX_CONCURRENT_PER_ROOM
         if turn and settings.ASSISTANT_MAX_CONCURRENT:
             _site_lock()
-            free = settings.ASSISTANT_MAX_CONCURRENT - _streaming_replies().count()
+            free = settings.ASSISTANT_MAX_CONCURRENT - _assistant_slots().count()
             turn = free > 0 and _site_ahead(room.pk, request_id) < free
         if not turn:
             AssistantRequest.objects.filter(pk=request_id).update(heartbeat=now)
@@ -148,7 +154,7 @@ def request_queue_position(request_id: int) -> int:
         return 0
     in_room = _pending().filter(room_id=request.room_id, pk__lte=request_id).count()
     cap = settings.ASSISTANT_MAX_CONCURRENT
-    if in_room == 1 and cap and _streaming_replies().count() >= cap:
+    if in_room == 1 and cap and _assistant_slots().count() >= cap:
         return 1 + _site_ahead(request.room_id, request_id)
     return in_room
 
@@ -273,9 +279,14 @@ def reply_sweep_stale(requested_at: float | None = None) -> tuple[list[Message],
     dead_ids = list(_streaming_replies().filter(heartbeat__lt=cutoff).values_list("pk", flat=True))
     interrupted: list[Message] = []
     for reply_id in dead_ids:
-        reply = Message.objects.filter(pk=reply_id).only("text", "stream_seq").first()
+        reply = Message.objects.filter(pk=reply_id).only("text", "stream_seq", "assistant_id").first()
         if reply is None:
             continue
+        why = (
+            "The server handling this reply stopped before it finished."
+            if reply.assistant_id is not None
+            else "The bot stopped sending before it finished."
+        )
         ended = reply_finish(
             reply_id,
             ReplyOutcome(
@@ -283,7 +294,7 @@ def reply_sweep_stale(requested_at: float | None = None) -> tuple[list[Message],
                 text=reply.text,
                 stream_seq=reply.stream_seq,
                 error_code="interrupted",
-                error="The server handling this reply stopped before it finished.",
+                error=why,
             ),
         )
         if ended is not None:

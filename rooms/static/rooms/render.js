@@ -133,7 +133,8 @@ export function messageElement(message, view) {
   const main = el("div", "msg-main");
   const meta = el("div", "msg-meta");
   meta.append(el("span", "msg-author", message.author));
-  if (role === "assistant") meta.append(el("span", "tag", "AI"));
+  if (message.bot) meta.append(el("span", "tag tag-bot", "BOT"));
+  else if (role === "assistant") meta.append(el("span", "tag", "AI"));
   const label = message.created ? timeLabel(message.created) : null;
   if (label) {
     const time = el("time", "msg-time", label);
