@@ -16,9 +16,9 @@ _clients: dict[tuple[asyncio.AbstractEventLoop, str], aioredis.Redis] = {}
 
 
 def kv_client(purpose: str = "default") -> aioredis.Redis | None:
-    """The process's client for ``purpose``. The health watch has a client of its
-    own: redis-py's pool serialises reconnects, and during a Redis stall every
-    call would otherwise queue behind a timing-out reconnect of someone else's."""
+    """The process's client for ``purpose`` (one connection pool each: redis-py's
+    pool serialises reconnects, and during a Redis stall every call of one
+    purpose would otherwise queue behind a timing-out reconnect of another's)."""
     if not settings.REDIS_URL:
         return None
     loop = asyncio.get_running_loop()

@@ -12,17 +12,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 import uuid
 import weakref
 from typing import Any, Protocol
 
+import redis
 from channels.layers import get_channel_layer
 from django.conf import settings
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import events
-from .kv import kv_client
 from .tasks import tasks
 
 logger = logging.getLogger(__name__)
@@ -123,10 +124,13 @@ class LayerHealth:
     sockets (4503) makes every client reconnect with backoff and resume from
     the database once Redis answers again.
 
-    - Every LAYER_HEALTH_INTERVAL it reads a boot marker, on a Redis client of
-      its own. A refused connection is an outage at once; no answer for
-      LAYER_OUTAGE_SECONDS (a stalled Redis) is one too. A slow answer within
-      that is not: a loop busy fanning out reads its replies late as well.
+    - Every LAYER_HEALTH_INTERVAL a thread of its own reads a boot marker on
+      a Redis connection of its own (``_Probe``). A refused connection is an
+      outage at once; no answer for LAYER_OUTAGE_SECONDS (a stalled Redis) is
+      one too. Looking from a thread matters: an event loop busy with a storm
+      of handshakes or a big fan-out reads its own replies late, and taking
+      that for a stalled Redis closed every socket in the middle of a
+      reconnect storm, which only made a bigger one.
     - The marker is a random value set once per Redis lifetime. If it vanishes
       or changes, Redis restarted (or was flushed) between two looks: its pub/sub
       subscriptions, presence and rate counters are gone, which is an outage
@@ -181,31 +185,19 @@ class LayerHealth:
         if settings.REDIS_URL:
             tasks.ensure("layer-health", self._watch)
 
-    async def _boot_read(self) -> str:
-        client = kv_client("health")
-        assert client is not None
-        boot = await client.get(BOOT_KEY)
-        if boot is None:
-            await client.set(BOOT_KEY, uuid.uuid4().hex, nx=True)
-            boot = await client.get(BOOT_KEY)
-        return str(boot)
-
     async def _watch(self) -> None:
-        self._last_ok = time.monotonic()
+        probe = _probe_ensure()
         while True:
             await asyncio.sleep(settings.LAYER_HEALTH_INTERVAL)
-            deadline = self._last_ok + settings.LAYER_OUTAGE_SECONDS
-            timeout = min(settings.LAYER_HEALTH_TIMEOUT, max(0.05, deadline - time.monotonic()))
-            try:
-                boot = await asyncio.wait_for(self._boot_read(), timeout)
-            except (TimeoutError, RedisTimeoutError) as exc:
-                if time.monotonic() >= deadline:
-                    self._fail(exc, f"no answer for {settings.LAYER_OUTAGE_SECONDS:.0f} s")
+            last_ok, boot, refused = probe.state()
+            if refused is not None:
+                self._fail(refused)
                 continue
-            except Exception as exc:  # noqa: BLE001 - refused, reset: Redis is gone
-                self._fail(exc)
+            if time.monotonic() - last_ok >= settings.LAYER_OUTAGE_SECONDS:
+                self._fail(None, f"no answer for {settings.LAYER_OUTAGE_SECONDS:.0f} s")
                 continue
-            self._last_ok = time.monotonic()
+            if boot is None:
+                continue  # not looked yet
             if self._boot is not None and boot != self._boot:
                 self._fail(None, "Redis restarted and lost its data")
             self._boot = boot
@@ -243,6 +235,59 @@ class LayerHealth:
                 await consumer.close_for_outage()
             except Exception:
                 logger.debug("close during outage failed", exc_info=True)
+
+
+class _Probe:
+    """Reads the boot marker from a thread, every LAYER_HEALTH_INTERVAL, with
+    a blocking client whose reads time out after LAYER_HEALTH_TIMEOUT."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._lock = threading.Lock()
+        self._last_ok = time.monotonic()
+        self._boot: str | None = None
+        self._refused: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="redis-health", daemon=True)
+        self._thread.start()
+
+    def state(self) -> tuple[float, str | None, BaseException | None]:
+        """(when Redis last answered, its boot marker then, a refusal since)."""
+        with self._lock:
+            return self._last_ok, self._boot, self._refused
+
+    def _run(self) -> None:
+        client = redis.Redis.from_url(
+            self.url,
+            socket_timeout=settings.LAYER_HEALTH_TIMEOUT,
+            socket_connect_timeout=settings.LAYER_HEALTH_TIMEOUT,
+            health_check_interval=0,
+            decode_responses=True,
+        )
+        while True:
+            time.sleep(settings.LAYER_HEALTH_INTERVAL)
+            try:
+                boot = client.get(BOOT_KEY)
+                if boot is None:
+                    client.set(BOOT_KEY, uuid.uuid4().hex, nx=True)
+                    boot = client.get(BOOT_KEY)
+            except (redis.exceptions.TimeoutError, TimeoutError):
+                continue  # stalled: the watch decides by how long
+            except Exception as exc:  # noqa: BLE001 - refused, reset: Redis is gone
+                with self._lock:
+                    self._refused = exc
+                continue
+            with self._lock:
+                self._last_ok, self._boot, self._refused = time.monotonic(), str(boot), None
+
+
+_probes: dict[str, _Probe] = {}
+
+
+def _probe_ensure() -> _Probe:
+    probe = _probes.get(settings.REDIS_URL)
+    if probe is None:
+        probe = _probes[settings.REDIS_URL] = _Probe(settings.REDIS_URL)
+    return probe
 
 
 layer_health = LayerHealth()
