@@ -70,13 +70,27 @@ def room_last_read(room: Room, user: AbstractBaseUser) -> int:
 def message_list_latest(room: Room, limit: int) -> list[Message]:
     rows = list(_messages().filter(room=room).order_by("-seq")[:limit])
     rows.reverse()
-    return rows
+    return quotes_attach(rows)
 
 
 def _messages() -> QuerySet[Message]:
-    """The room's log as everyone sees it (no one's private replies); every
-    message sent to a client carries its quote, fetched with it, not per row."""
-    return Message.objects.filter(visible_to=None).select_related("reply_to")
+    """The room's log as everyone sees it (no one's private replies). Lists
+    of it pass through ``quotes_attach`` before anything reads ``reply_to``."""
+    return Message.objects.filter(visible_to=None)
+
+
+def quotes_attach(rows: list[Message]) -> list[Message]:
+    """Every message sent to a client carries its quote: fetch them for all of
+    ``rows`` in one query, and none when nothing quotes (most pages). A join
+    instead would double the columns Django compiles and reads for every
+    page, and that compilation was most of a reconnect's CPU."""
+    ids = {m.reply_to_id for m in rows if m.reply_to_id is not None}
+    if ids:
+        quoted = {q.pk: q for q in Message.objects.filter(pk__in=ids).only("id", "author_name", "text", "deleted")}
+        for m in rows:
+            if m.reply_to_id is not None:
+                m.reply_to = quoted.get(m.reply_to_id)
+    return rows
 
 
 @dataclass
@@ -95,24 +109,22 @@ def message_list_after(room: Room, after_id: int, limit: int) -> Resume:
     rows = list(_messages().filter(room=room, id__gt=after_id).order_by("seq")[: limit + 1])
     truncated = len(rows) > limit
     rows = rows[:limit]
-    anchor = (
-        Message.objects.filter(room=room, id__lte=after_id, visible_to=None)
-        .order_by("-id")
-        .only("created", "seq")
-        .first()
-    )
-    if anchor is not None:
-        # Replies that finished, and rows edited or deleted, since the client's
-        # newest message was the newest.
-        late = (
-            _messages()
-            .filter(room=room, id__lte=after_id)
-            .filter(Q(role=Message.Role.ASSISTANT, finished__gte=anchor.created) | Q(change_mark__gte=anchor.seq))
-            .exclude(status=Message.Status.STREAMING)
+    # Replies that finished, and rows edited or deleted, since the client's
+    # newest message (the anchor) was the newest; the anchor is read inside
+    # the same query (none: nothing is late).
+    anchor = Message.objects.filter(room=room, id__lte=after_id, visible_to=None).order_by("-id")
+    late = (
+        _messages()
+        .filter(room=room, id__lte=after_id)
+        .filter(
+            Q(role=Message.Role.ASSISTANT, finished__gte=Subquery(anchor.values("created")[:1]))
+            | Q(change_mark__gte=Subquery(anchor.values("seq")[:1]))
         )
-        seen = {m.id for m in rows}
-        rows = sorted([m for m in late if m.id not in seen] + rows, key=lambda m: m.seq)
-    return Resume(messages=rows, truncated=truncated)
+        .exclude(status=Message.Status.STREAMING)
+    )
+    seen = {m.id for m in rows}
+    rows = sorted([m for m in late if m.id not in seen] + rows, key=lambda m: m.seq)
+    return Resume(messages=quotes_attach(rows), truncated=truncated)
 
 
 def message_list_before(room: Room, before_id: int, limit: int) -> tuple[list[Message], bool]:
@@ -120,7 +132,7 @@ def message_list_before(room: Room, before_id: int, limit: int) -> tuple[list[Me
     has_more = len(rows) > limit
     rows = rows[:limit]
     rows.reverse()
-    return rows, has_more
+    return quotes_attach(rows), has_more
 
 
 def history_page(room: Room, user: AbstractBaseUser, *, before: int | None, after: int | None, limit: int) -> Resume:
@@ -165,9 +177,8 @@ def room_sync_state(room: Room) -> tuple[int, list[int]]:
 
 
 def reply_list_streaming(room: Room) -> list[Message]:
-    return list(
-        _messages().filter(room=room, role=Message.Role.ASSISTANT, status=Message.Status.STREAMING).order_by("seq")
-    )
+    streaming = _messages().filter(room=room, role=Message.Role.ASSISTANT, status=Message.Status.STREAMING)
+    return quotes_attach(list(streaming.order_by("seq")))
 
 
 def context_messages(room: Room, before_seq: int, budget: int | None = None) -> list[Message]:
@@ -206,7 +217,7 @@ def _within(newest_first: QuerySet[Message], budget: int) -> list[Message]:
         picked.append(message)
         used += cost
     picked.reverse()
-    return picked
+    return quotes_attach(picked)
 
 
 @dataclass
@@ -232,12 +243,17 @@ def room_open(slug: str, user: AbstractBaseUser, *, after: int | None, latest: i
         return RoomOpen(room=None)
     read = RoomRead.objects.filter(room=OuterRef("pk"), user=user).values("last_read_seq")[:1]
     mine = Membership.objects.filter(room=OuterRef("pk"), user=user)
+    here = Message.objects.filter(room=OuterRef("pk"))
     room = (
         Room.objects.filter(slug=slug)
         .annotate(
             read_seq=Coalesce(Subquery(read), 0),
             is_member=Exists(mine),
             is_moderator=Exists(mine.filter(role=Membership.Role.MODERATOR)),
+            # Most rooms have neither: asking costs a line of this query,
+            # reading them a query each (partial and foreign-key indexes).
+            has_streaming=Exists(here.filter(status=Message.Status.STREAMING)),
+            has_private=Exists(here.filter(visible_to=user)),
         )
         .prefetch_related(Prefetch("assistants", queryset=Assistant.objects.filter(enabled=True)))
         .first()
@@ -255,8 +271,10 @@ def room_open(slug: str, user: AbstractBaseUser, *, after: int | None, latest: i
     else:
         resume = message_list_after(room, after, resume_max)
         state.messages, state.truncated = resume.messages, resume.truncated
-    state.streaming = reply_list_streaming(room)
-    state.private = private_replies(room, user)
+    if room.has_streaming:
+        state.streaming = reply_list_streaming(room)
+    if room.has_private:
+        state.private = private_replies(room, user)
     return state
 
 
