@@ -34,6 +34,7 @@ import contextlib
 import logging
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -51,6 +52,13 @@ R = TypeVar("R")
 
 class DatabaseUnavailable(Exception):
     """The database could not be reached, or did not answer within the deadline."""
+
+
+class DatabaseBusy(DatabaseUnavailable):
+    """The call waited DATABASE_CALL_TIMEOUT for a database thread and never
+    started: the process is overloaded (a reconnect storm), not the database
+    away. Callers answer it as ``DatabaseUnavailable`` (the client retries
+    with backoff, which spreads the load); it does not trip the breaker."""
 
 
 PROBE_SECONDS = 0.5
@@ -106,11 +114,28 @@ class _Call:
     """One db_run call as the database thread sees it, so the event loop can
     abort the connection it is stuck on."""
 
-    __slots__ = ("abandoned", "connection")
+    __slots__ = ("abandoned", "connection", "lock", "started")
 
     def __init__(self) -> None:
         self.abandoned = False
         self.connection: Any = None
+        self.started: float | None = None  # when a database thread took it
+        self.lock = threading.Lock()  # started versus abandoned: one wins
+
+    def start(self) -> bool:
+        with self.lock:
+            if self.abandoned:
+                return False
+            self.started = time.monotonic()
+            return True
+
+    def abandon_unstarted(self) -> bool:
+        """Give up a call no thread has taken yet; False if one just did."""
+        with self.lock:
+            if self.started is not None:
+                return False
+            self.abandoned = True
+            return True
 
     def abort(self) -> None:
         raw = self.connection
@@ -130,8 +155,8 @@ class _Call:
 
 
 def _runner(call: _Call, fn: Callable[..., R], args: tuple[Any, ...], kwargs: dict[str, Any]) -> R:
-    if call.abandoned:
-        raise DatabaseUnavailable("abandoned before it started")
+    if not call.start():
+        raise DatabaseBusy("abandoned before it started")
     # As channels' database_sync_to_async: a connection left unusable by an
     # earlier call is dropped first, and this one goes back when done.
     close_old_connections()
@@ -145,6 +170,31 @@ def _runner(call: _Call, fn: Callable[..., R], args: tuple[Any, ...], kwargs: di
             call.connection = None
     finally:
         close_old_connections()
+
+
+async def _call_wait(task: asyncio.Future[R], call: _Call) -> R:
+    """The call's result. Its deadline runs from when a database thread takes
+    it: time spent queued behind other sockets' calls (a reconnect storm on a
+    busy process) says nothing about the database. A call still queued after
+    the deadline is given up as ``DatabaseBusy``; a running one past it raises
+    ``TimeoutError`` (the database did not answer)."""
+    limit = settings.DATABASE_CALL_TIMEOUT
+    queued_until = time.monotonic() + limit
+    try:
+        while True:
+            started = call.started
+            remaining = (started + limit if started is not None else queued_until) - time.monotonic()
+            if remaining > 0:
+                done, _ = await asyncio.wait({task}, timeout=remaining)
+                if done:
+                    return task.result()
+            elif started is not None:
+                raise TimeoutError
+            elif call.abandon_unstarted():
+                raise DatabaseBusy("no database thread was free in time")
+    except BaseException:
+        task.cancel()  # the thread's work (if any) ends on its own; nobody waits for it
+        raise
 
 
 class _Threads:
@@ -175,7 +225,9 @@ async def db_run(fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
     call = _Call()
     try:
         runner = SyncToAsync(_runner, thread_sensitive=False, executor=_threads.executor())
-        result = await asyncio.wait_for(runner(call, fn, args, kwargs), settings.DATABASE_CALL_TIMEOUT)
+        result = await _call_wait(asyncio.ensure_future(runner(call, fn, args, kwargs)), call)
+    except DatabaseBusy:
+        raise
     except TimeoutError:
         call.abandoned = True
         call.abort()
