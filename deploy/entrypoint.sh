@@ -2,8 +2,9 @@
 # Entry point of the chatsite image, also used by the local stack (deploy/stack.py)
 # so that both run the server with exactly the same flags.
 #
-#   web      serve the ASGI app: daphne (the default), or uvicorn with
-#            ASGI_SERVER=uvicorn (about twice the fan-out per core; bench/README.md)
+#   web      serve the ASGI app: uvicorn (the default: the fastest server that
+#            passes every fault and security test; docs/deployment.md), or
+#            daphne with ASGI_SERVER=daphne (supported and tested too)
 #   migrate  apply migrations and collect static files, then exit (one-shot)
 #   check    `manage.py check --deploy`, failing on warnings
 #   *        run the given command (e.g. `python manage.py createroom lobby`)
@@ -16,7 +17,7 @@ set -eu
 
 case "${1:-web}" in
 web)
-    if [ "${ASGI_SERVER:-daphne}" = uvicorn ]; then
+    if [ "${ASGI_SERVER:-uvicorn}" = uvicorn ]; then
         # The same walls as daphne's below: frame size, pings, no compression.
         # --forwarded-allow-ips: who may set X-Forwarded-For (nginx's address).
         set -- uvicorn \

@@ -277,9 +277,10 @@ def _stacks_stop_all() -> None:
 class Stack:
     """nginx + ``daphne_count`` server processes + Redis (+ optional fake OpenAI).
 
-    ``servers``: the ASGI server of each process, ``"daphne"`` (the default) or
-    ``"uvicorn"`` (``ASGI_SERVER`` of deploy/entrypoint.sh); a mixed stack shows
-    that both act as one service. The processes keep their ``daphne`` names.
+    ``servers``: the ASGI server of each process, ``"uvicorn"`` (the default, as
+    in deploy/entrypoint.sh and docker-compose.yml) or ``"daphne"``
+    (``ASGI_SERVER``); a mixed stack shows that both act as one service. The
+    processes keep their historical ``daphne`` names.
 
     ``database_url``: a ``postgres://`` URL or ``None`` for ``DATABASE_URL`` from the
     environment, else a SQLite file in ``workdir``. With ``fresh_database`` (the
@@ -303,7 +304,7 @@ class Stack:
     ) -> None:
         self.workdir = Path(workdir).resolve()
         self.daphne_count = daphne_count
-        self.servers = list(servers or ["daphne"] * daphne_count)
+        self.servers = list(servers or ["uvicorn"] * daphne_count)
         if len(self.servers) != daphne_count or not set(self.servers) <= {"daphne", "uvicorn"}:
             raise ValueError(f"servers must name daphne or uvicorn for each of {daphne_count} processes")
         self.use_nginx = nginx

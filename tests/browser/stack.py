@@ -68,9 +68,9 @@ class Stack:
                 "ASSISTANT_DEMO_DELAY_MS": "15",
                 "PYTHONUNBUFFERED": "1",
                 "LOG_LEVEL": "INFO",
-                # deploy/entrypoint.sh `web`: daphne from this interpreter's venv.
+                # deploy/entrypoint.sh `web` (uvicorn, its default) from this interpreter's venv.
                 "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""),
-                "ASGI_SERVER": "daphne",
+                "ASGI_SERVER": "uvicorn",
                 "BIND": "127.0.0.1",
                 "PORT": str(self.port),
             }
