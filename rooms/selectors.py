@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from functools import cache
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
-from django.db.models import Count, Exists, OuterRef, Prefetch, Q, QuerySet, Subquery, TextField
+from django.db import connection
+from django.db.models import Count, Exists, OuterRef, Q, QuerySet, Subquery, TextField
 from django.db.models.functions import Cast, Coalesce
 
 from .access import access_check_fresh, room_can_access
@@ -68,7 +70,7 @@ def room_last_read(room: Room, user: AbstractBaseUser) -> int:
 
 
 def message_list_latest(room: Room, limit: int) -> list[Message]:
-    rows = list(_messages().filter(room=room).order_by("-seq")[:limit])
+    rows = list(Message.objects.raw(f"{_sql().messages} ORDER BY m.seq DESC LIMIT %s", [room.pk, limit]))
     rows.reverse()
     return quotes_attach(rows)
 
@@ -106,25 +108,76 @@ def message_list_after(room: Room, after_id: int, limit: int) -> Resume:
     start can sit below ``after_id`` and have finished since: those come back too
     (clients upsert by id), as does any reply still streaming.
     """
-    rows = list(_messages().filter(room=room, id__gt=after_id).order_by("seq")[: limit + 1])
+    q = _sql()
+    rows = list(
+        Message.objects.raw(f"{q.messages} AND m.id > %s ORDER BY m.seq LIMIT %s", [room.pk, after_id, limit + 1])
+    )
     truncated = len(rows) > limit
     rows = rows[:limit]
     # Replies that finished, and rows edited or deleted, since the client's
     # newest message (the anchor) was the newest; the anchor is read inside
     # the same query (none: nothing is late).
-    anchor = Message.objects.filter(room=room, id__lte=after_id, visible_to=None).order_by("-id")
-    late = (
-        _messages()
-        .filter(room=room, id__lte=after_id)
-        .filter(
-            Q(role=Message.Role.ASSISTANT, finished__gte=Subquery(anchor.values("created")[:1]))
-            | Q(change_mark__gte=Subquery(anchor.values("seq")[:1]))
-        )
-        .exclude(status=Message.Status.STREAMING)
-    )
+    late = Message.objects.raw(q.late, [room.pk, after_id, room.pk, after_id, room.pk, after_id])
     seen = {m.id for m in rows}
     rows = sorted([m for m in late if m.id not in seen] + rows, key=lambda m: m.seq)
     return Resume(messages=quotes_attach(rows), truncated=truncated)
+
+
+@dataclass(frozen=True)
+class _OpenSql:
+    room: str
+    assistants: str
+    messages: str
+    late: str
+
+
+@cache
+def _sql() -> _OpenSql:
+    """The connect path's queries, written once. Building and compiling the
+    equivalent querysets cost more CPU than everything else a reconnect does
+    (about 6 of 13 ms); the SQL is plain enough for SQLite and PostgreSQL,
+    and tests run it on both."""
+    q = connection.ops.quote_name
+
+    def cols(model: type[Room] | type[Message] | type[Assistant], alias: str) -> str:
+        return ", ".join(f"{alias}.{q(f.column)}" for f in model._meta.concrete_fields)
+
+    msg, room = q(Message._meta.db_table), q(Room._meta.db_table)
+    member, read = q(Membership._meta.db_table), q(RoomRead._meta.db_table)
+    streaming, assistant = Message.Status.STREAMING.value, Message.Role.ASSISTANT.value
+    messages = f"SELECT {cols(Message, 'm')} FROM {msg} m WHERE m.room_id = %s AND m.visible_to_id IS NULL"
+
+    def anchor(column: str) -> str:
+        return (
+            f"SELECT a.{q(column)} FROM {msg} a WHERE a.room_id = %s AND a.id <= %s"
+            " AND a.visible_to_id IS NULL ORDER BY a.id DESC LIMIT 1"
+        )
+
+    return _OpenSql(
+        room=(
+            f"SELECT {cols(Room, 'r')},"
+            f" COALESCE((SELECT rr.last_read_seq FROM {read} rr WHERE rr.room_id = r.id AND rr.user_id = %s), 0)"
+            " AS read_seq,"
+            f" EXISTS(SELECT 1 FROM {member} mb WHERE mb.room_id = r.id AND mb.user_id = %s) AS is_member,"
+            f" EXISTS(SELECT 1 FROM {member} mb WHERE mb.room_id = r.id AND mb.user_id = %s AND mb.role = %s)"
+            " AS is_moderator,"
+            # Most rooms have neither: asking costs a line of this query,
+            # reading them a query each (partial and foreign-key indexes).
+            f" EXISTS(SELECT 1 FROM {msg} x WHERE x.room_id = r.id AND x.status = '{streaming}') AS has_streaming,"
+            f" EXISTS(SELECT 1 FROM {msg} x WHERE x.room_id = r.id AND x.visible_to_id = %s) AS has_private"
+            f" FROM {room} r WHERE r.slug = %s"
+        ),
+        assistants=(
+            f"SELECT {cols(Assistant, 'a')} FROM {q(Assistant._meta.db_table)} a"
+            " WHERE a.room_id = %s AND a.enabled = %s ORDER BY a.position, a.id"
+        ),
+        messages=messages,
+        late=(
+            f"{messages} AND m.id <= %s AND m.status <> '{streaming}' AND ("
+            f"(m.role = '{assistant}' AND m.finished >= ({anchor('created')}))"
+            f" OR m.change_mark >= ({anchor('seq')}))"
+        ),
+    )
 
 
 def message_list_before(room: Room, before_id: int, limit: int) -> tuple[list[Message], bool]:
@@ -241,30 +294,16 @@ def room_open(slug: str, user: AbstractBaseUser, *, after: int | None, latest: i
     being written, and the user's own private replies."""
     if not user.is_active:
         return RoomOpen(room=None)
-    read = RoomRead.objects.filter(room=OuterRef("pk"), user=user).values("last_read_seq")[:1]
-    mine = Membership.objects.filter(room=OuterRef("pk"), user=user)
-    here = Message.objects.filter(room=OuterRef("pk"))
-    room = (
-        Room.objects.filter(slug=slug)
-        .annotate(
-            read_seq=Coalesce(Subquery(read), 0),
-            is_member=Exists(mine),
-            is_moderator=Exists(mine.filter(role=Membership.Role.MODERATOR)),
-            # Most rooms have neither: asking costs a line of this query,
-            # reading them a query each (partial and foreign-key indexes).
-            has_streaming=Exists(here.filter(status=Message.Status.STREAMING)),
-            has_private=Exists(here.filter(visible_to=user)),
-        )
-        .prefetch_related(Prefetch("assistants", queryset=Assistant.objects.filter(enabled=True)))
-        .first()
-    )
+    uid = user.pk
+    rows = list(Room.objects.raw(_sql().room, [uid, uid, uid, Membership.Role.MODERATOR.value, uid, slug]))
+    room = rows[0] if rows else None
     if room is None or (room.is_private and not room.is_member):
         return RoomOpen(room=None)
     state = RoomOpen(
         room=room,
         moderator=bool(getattr(user, "is_staff", False) or room.is_moderator),
         last_read_seq=room.read_seq,
-        assistants=list(room.assistants.all()),
+        assistants=list(Assistant.objects.raw(_sql().assistants, [room.pk, True])),
     )
     if after is None:
         state.messages = message_list_latest(room, latest)

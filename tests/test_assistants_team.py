@@ -125,6 +125,7 @@ async def test_invoke_and_stop_permissions_are_refused_with_forbidden(make_user,
     b1, _ = await open_socket(bob, room.slug)
     await a1.send_json_to({"type": "message.send", "text": "@assistant [[long]] tell me a story"})
     start = await frame_of(b1, "assistant.start")
+    await frame_of(b1, "assistant.delta")  # the model has been asked (a stop before that never asks it)
     await b1.send_json_to({"type": "assistant.cancel", "reply_id": start["reply_id"]})
     assert (await frame_of(b1, "error", skip=(*SKIP, "assistant.delta")))["code"] == "forbidden"
     await m1.send_json_to({"type": "assistant.cancel", "reply_id": start["reply_id"]})
