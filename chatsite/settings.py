@@ -84,12 +84,17 @@ DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / '
 #   held elsewhere, an overloaded server); 0 turns it off (migrations);
 # - DATABASE_POOL_TIMEOUT: waiting for a free connection of the pool;
 # - DATABASE_CALL_TIMEOUT: one unit of socket work (rooms.db.db_run), enforced by
-#   the client, which also covers a network that stopped answering.
+#   the client, which also covers a network that stopped answering; counted
+#   from when a database thread takes the call;
+# - DATABASE_QUEUE_TIMEOUT: how long a call may wait for a database thread
+#   (a reconnect storm queues thousands of connects: they wait their turn
+#   rather than being refused and retrying, which only adds handshakes).
 DATABASE_CONNECT_TIMEOUT = env.int("DATABASE_CONNECT_TIMEOUT", default=3)
 DATABASE_STATEMENT_TIMEOUT_MS = env.int("DATABASE_STATEMENT_TIMEOUT_MS", default=5000)
 DATABASE_POOL_SIZE = env.int("DATABASE_POOL_SIZE", default=10)
 DATABASE_POOL_TIMEOUT = env.float("DATABASE_POOL_TIMEOUT", default=3.0)
 DATABASE_CALL_TIMEOUT = env.float("DATABASE_CALL_TIMEOUT", default=6.0)
+DATABASE_QUEUE_TIMEOUT = env.float("DATABASE_QUEUE_TIMEOUT", default=30.0)
 # Threads a server process runs socket database work on (rooms.db.db_run):
 # several on PostgreSQL, so different sockets' round trips overlap (within the
 # pool); one on SQLite, which writes one transaction at a time anyway.

@@ -55,13 +55,14 @@ class DatabaseUnavailable(Exception):
 
 
 class DatabaseBusy(DatabaseUnavailable):
-    """The call waited DATABASE_CALL_TIMEOUT for a database thread and never
-    started: the process is overloaded (a reconnect storm), not the database
-    away. Callers answer it as ``DatabaseUnavailable`` (the client retries
-    with backoff, which spreads the load); it does not trip the breaker."""
+    """The call waited DATABASE_QUEUE_TIMEOUT for a database thread and never
+    started: the process is overloaded, not the database away. Callers answer
+    it as ``DatabaseUnavailable`` (the client retries with backoff); it does
+    not trip the breaker."""
 
 
 PROBE_SECONDS = 0.5
+QUEUE_POLL_SECONDS = 0.25
 
 
 class DatabaseHealth:
@@ -114,9 +115,10 @@ class _Call:
     """One db_run call as the database thread sees it, so the event loop can
     abort the connection it is stuck on."""
 
-    __slots__ = ("abandoned", "connection", "lock", "started")
+    __slots__ = ("abandoned", "connection", "lock", "probe", "started")
 
-    def __init__(self) -> None:
+    def __init__(self, probe: bool = False) -> None:
+        self.probe = probe  # the one call let through while the breaker is open
         self.abandoned = False
         self.connection: Any = None
         self.started: float | None = None  # when a database thread took it
@@ -157,6 +159,10 @@ class _Call:
 def _runner(call: _Call, fn: Callable[..., R], args: tuple[Any, ...], kwargs: dict[str, Any]) -> R:
     if not call.start():
         raise DatabaseBusy("abandoned before it started")
+    if db_health.failing and not call.probe:
+        # Queued before the database went away: fail now, as new calls do,
+        # rather than each waiting out a connect timeout of its own.
+        raise DatabaseUnavailable("the database is unavailable")
     # As channels' database_sync_to_async: a connection left unusable by an
     # earlier call is dropped first, and this one goes back when done.
     close_old_connections()
@@ -176,16 +182,22 @@ async def _call_wait(task: asyncio.Future[R], call: _Call) -> R:
     """The call's result. Its deadline runs from when a database thread takes
     it: time spent queued behind other sockets' calls (a reconnect storm on a
     busy process) says nothing about the database. A call still queued after
-    the deadline is given up as ``DatabaseBusy``; a running one past it raises
-    ``TimeoutError`` (the database did not answer)."""
+    DATABASE_QUEUE_TIMEOUT is given up as ``DatabaseBusy``; a running one past
+    DATABASE_CALL_TIMEOUT raises ``TimeoutError`` (the database did not answer)."""
     limit = settings.DATABASE_CALL_TIMEOUT
-    queued_until = time.monotonic() + limit
+    queued_until = time.monotonic() + settings.DATABASE_QUEUE_TIMEOUT
     try:
         while True:
             started = call.started
+            if started is None and db_health.failing and not call.probe and call.abandon_unstarted():
+                # The database went away while this call waited (its threads
+                # may be stuck where nothing can interrupt them): fail now.
+                raise DatabaseUnavailable("the database is unavailable")
             remaining = (started + limit if started is not None else queued_until) - time.monotonic()
             if remaining > 0:
-                done, _ = await asyncio.wait({task}, timeout=remaining)
+                # While queued, look at the breaker now and then.
+                wait = remaining if started is not None else min(remaining, QUEUE_POLL_SECONDS)
+                done, _ = await asyncio.wait({task}, timeout=wait)
                 if done:
                     return task.result()
             elif started is not None:
@@ -222,12 +234,12 @@ async def db_run(fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
     probe = db_health.failing
     if not db_health.admit():
         raise DatabaseUnavailable("the database is unavailable")
-    call = _Call()
+    call = _Call(probe)
     try:
         runner = SyncToAsync(_runner, thread_sensitive=False, executor=_threads.executor())
         result = await _call_wait(asyncio.ensure_future(runner(call, fn, args, kwargs)), call)
-    except DatabaseBusy:
-        raise
+    except DatabaseUnavailable:
+        raise  # busy, or given up while queued: not a new failure of the database
     except TimeoutError:
         call.abandoned = True
         call.abort()

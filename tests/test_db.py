@@ -17,8 +17,9 @@ pytestmark = [pytest.mark.asyncio, pytest.mark.django_db(transaction=True)]
 
 @pytest.fixture
 def one_thread(settings, monkeypatch):
-    """One database thread and a 1 s deadline; the breaker starts closed."""
+    """One database thread, 1 s to start and 1 s to answer; the breaker starts closed."""
     settings.DATABASE_CALL_TIMEOUT = 1.0
+    settings.DATABASE_QUEUE_TIMEOUT = 1.0
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="db-test")
     monkeypatch.setattr(db._threads, "_executor", executor)
     monkeypatch.setattr(db, "db_health", db.DatabaseHealth())
@@ -64,3 +65,17 @@ async def test_a_running_call_past_the_deadline_trips_the_breaker(one_thread):
         await db.db_run(_work, 1.5, ran, 1)
     assert not isinstance(caught.value, db.DatabaseBusy)
     assert db.db_health.failing
+
+
+async def test_calls_queued_behind_a_failure_fail_at_once_without_touching_the_database(one_thread, settings):
+    settings.DATABASE_QUEUE_TIMEOUT = 5.0  # the second call waits for the thread, then starts
+    ran: list[int] = []
+    results = await asyncio.gather(
+        db.db_run(_work, 1.5, ran, 1),  # runs past its deadline: the breaker opens
+        db.db_run(_work, 0.1, ran, 2),  # queued behind it, admitted while all looked well
+        return_exceptions=True,
+    )
+    assert all(isinstance(r, db.DatabaseUnavailable) for r in results)
+    assert not isinstance(results[1], db.DatabaseBusy)
+    await asyncio.sleep(0.7)  # the first call's thread finishes its sleep
+    assert ran == [1], "the queued call never ran"
