@@ -254,6 +254,9 @@ CHAT_MAX_SOCKETS_PER_USER = env.int("CHAT_MAX_SOCKETS_PER_USER", default=20)
 # A socket's typing frames are relayed at most once per this many seconds
 # (the latest state wins; a flood of toggles is not a broadcast flood).
 CHAT_TYPING_INTERVAL = env.float("CHAT_TYPING_INTERVAL", default=1.0)
+# Sockets one process opens at once (rooms.admission): in a reconnect storm the
+# rest wait their turn instead of all starting their round trips together.
+CHAT_CONNECT_CONCURRENCY = env.int("CHAT_CONNECT_CONCURRENCY", default=32)
 CHAT_HELLO_MESSAGES = 50
 CHAT_RESUME_MAX = 500
 CHAT_HISTORY_MAX = 100

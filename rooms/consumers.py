@@ -26,6 +26,7 @@ from django.conf import settings
 
 from . import events, presence, selectors
 from .access import AccessLost, access_check_fresh
+from .admission import connect_gate
 from .assistant import ask
 from .assistant.cancel import reply_cancel
 from .db import DatabaseUnavailable, db_run
@@ -167,7 +168,11 @@ class RoomConsumer(AsyncWebsocketConsumer):
         self.socket_id = uuid.uuid4().hex
         # Group messages that arrive before hello is sent wait here.
         self.backlog: list[dict[str, Any]] | None = []
+        async with connect_gate():
+            await self._open()
 
+    async def _open(self) -> None:
+        """Authorize, join, read the snapshot, announce presence, send hello."""
         user = self.scope.get("user")
         if user is None or not user.is_authenticated:
             await self._refuse(events.CLOSE_NOT_AUTHENTICATED)

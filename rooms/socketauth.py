@@ -36,6 +36,7 @@ from django.http.request import split_domain_port, validate_host
 from django.utils.http import is_same_domain
 
 from . import events
+from .admission import connect_gate
 from .db import DatabaseUnavailable, db_run
 
 logger = logging.getLogger(__name__)
@@ -154,7 +155,8 @@ class SocketAuthMiddleware:
         if key is not None and not (key.isascii() and key.isalnum()):
             key = None  # Django's keys are [a-z0-9]; anything else cannot match one
         try:
-            session, user, expires = await db_run(session_user_resolve, key)
+            async with connect_gate():
+                session, user, expires = await db_run(session_user_resolve, key)
         except DatabaseUnavailable:
             # The client backs off and resumes, as during a Redis outage.
             return await socket_refuse(receive, send, events.CLOSE_UNAVAILABLE)
