@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from bench import procs
-from bench.targets import Context, Server, Target, daphne_command, uvicorn_command
+from bench.targets import Context, Server, Target, daphne_command, granian_command, uvicorn_command
 
 logger = logging.getLogger("bench.ours")
 
@@ -36,6 +36,7 @@ from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_K
 from django.contrib.auth.hashers import make_password
 from django.utils import timezone
 from django.utils.crypto import get_random_string
+from rooms import services
 from rooms.models import Room
 
 started = time.monotonic()
@@ -72,7 +73,9 @@ else:
         store.create()
         sessions.append(store.session_key)
 for slug in spec["rooms"]:
-    Room.objects.get_or_create(slug=slug, defaults={"name": slug})
+    # As `manage.py createroom` makes them: with the room's @assistant.
+    if not Room.objects.filter(slug=slug).exists():
+        services.room_create(slug=slug, name=slug)
 print("BENCH-SETUP " + json.dumps({
     "cookie": settings.SESSION_COOKIE_NAME, "sessions": sessions, "seconds": round(time.monotonic() - started, 2),
 }))
@@ -116,6 +119,11 @@ class Ours(Target):
     def available(self) -> tuple[bool, str]:
         if self._ready is None:
             self._ready = consumer_ready()
+            if self._ready[0] and self.server == "granian":
+                import importlib.util
+
+                if importlib.util.find_spec("granian") is None:
+                    self._ready = (False, "granian is not installed (requirements-bench.txt)")
         return self._ready
 
     def env_build(self, ctx: Context, redis: procs.Redis, database_url: str) -> dict[str, str]:
@@ -132,6 +140,8 @@ class Ours(Target):
             "ASSISTANT_RATE_LIMIT": "0",
             # S2 runs many replies in one room at once.
             "ASSISTANT_MAX_CONCURRENT_PER_ROOM": "1000",
+            # ... and no site-wide cap (production's default of 8 would queue S2's replies).
+            "ASSISTANT_MAX_CONCURRENT": "0",
             "OPENAI_BASE_URL": ctx.openai_base_url or "http://127.0.0.1:9/v1",
             "OPENAI_API_KEY": "bench",
             "LOG_LEVEL": "WARNING",
@@ -163,7 +173,7 @@ class Ours(Target):
             line = next(line for line in setup.splitlines() if line.startswith("BENCH-SETUP "))
             info = json.loads(line.removeprefix("BENCH-SETUP "))
             port = procs.free_port()
-            command = uvicorn_command if self.server == "uvicorn" else daphne_command
+            command = {"uvicorn": uvicorn_command, "granian": granian_command}.get(self.server, daphne_command)
             proc = procs.spawn(
                 command(ctx, self.name, port, self.app),
                 core=ctx.server_core,

@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-ROW_ORDER = ("ceiling", "naive", "ours", "ours-uvicorn", "ours-core")
+ROW_ORDER = ("ceiling", "naive", "ours", "ours-uvicorn", "ours-granian", "ours-core")
 LATENCY_LIMIT_MS = 100.0
 
 
@@ -522,6 +522,7 @@ COLORS = {
     "naive": "#c92a2a",
     "ours": "#1c7ed6",
     "ours-uvicorn": "#f08c00",
+    "ours-granian": "#e64980",
     "ours-core": "#7048e8",
 }
 

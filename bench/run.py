@@ -38,6 +38,7 @@ def versions() -> dict[str, str]:
         "channels-redis",
         "daphne",
         "uvicorn",
+        "granian",
         "redis",
         "Twisted",
         "psycopg",
@@ -75,8 +76,9 @@ def args_parse(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--targets",
-        default="ceiling,naive,ours,ours-uvicorn,ours-core",
-        help="comma list of ceiling,naive,ours,ours-uvicorn,ours-core (the headline run picks its rows among them)",
+        default="ceiling,naive,ours,ours-uvicorn,ours-granian,ours-core",
+        help="comma list of ceiling,naive,ours,ours-uvicorn,ours-granian,ours-core "
+        "(the headline run picks its rows among them)",
     )
     parser.add_argument(
         "--ours-db",

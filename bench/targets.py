@@ -122,6 +122,16 @@ def uvicorn_command(ctx: Context, name: str, port: int, app: str) -> list[str]:
     return _server_command(ctx, name, [procs.PYTHON, "-m", "uvicorn", *args])
 
 
+def granian_command(ctx: Context, name: str, port: int, app: str) -> list[str]:
+    # One worker, one runtime thread (single-threaded runtime), the asyncio loop
+    # like the other rows. granian has no WebSocket message-size cap and no
+    # server pings to set (docs/deployment.md): measured, not deployed.
+    args = ["--interface", "asgi", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    args += ["--runtime-mode", "st", "--runtime-threads", "1", "--loop", "asyncio", "--log-level", "warning"]
+    args += ["--no-access-log", app]
+    return _server_command(ctx, name, [procs.PYTHON, "-m", "granian", *args])
+
+
 class Naive(Target):
     name = "naive"
     protocol = "naive"
@@ -161,6 +171,7 @@ def targets_all() -> dict[str, Target]:
         "ours": Ours("ours", layer="pubsub"),
         "ours-core": Ours("ours-core", layer="core"),
         "ours-uvicorn": Ours("ours-uvicorn", layer="pubsub", server="uvicorn"),
+        "ours-granian": Ours("ours-granian", layer="pubsub", server="granian"),
     }
 
 
