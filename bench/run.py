@@ -27,6 +27,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 SCENARIOS = ("S1", "S2", "S3", "S4", "S5", "S6", "S7")
 # The headline run (`make bench`, about 20 minutes); --full adds S4 and S7.
 HEADLINE = ("S1", "S2", "S3", "S5", "S6")
+TARGETS_DEFAULT = "ceiling,naive,ours,ours-uvicorn,ours-granian,ours-core"
 
 
 def versions() -> dict[str, str]:
@@ -76,7 +77,7 @@ def args_parse(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--targets",
-        default="ceiling,naive,ours,ours-uvicorn,ours-granian,ours-core",
+        default=TARGETS_DEFAULT,
         help="comma list of ceiling,naive,ours,ours-uvicorn,ours-granian,ours-core "
         "(the headline run picks its rows among them)",
     )
@@ -133,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit("redis-server is not on PATH (apt-get install redis-server)")
 
     plan = scenarios.Plan.build(args.quick, args.full)
+    if args.targets != TARGETS_DEFAULT:
+        plan.rows = None  # rows named on the command line run as named
     if args.soak_seconds:
         plan.s4_seconds = args.soak_seconds
     if args.s1_configs:
