@@ -297,6 +297,9 @@ async def presence_snapshot(room_id: int) -> tuple[list[str], int]:
     return sorted(shown), int(version or 0)
 
 
+REFRESH_BATCH = 100  # rooms (or users) per refresh round trip
+
+
 def _keeper_ensure() -> None:
     tasks.ensure("presence-keeper", _keeper_run)
 
@@ -329,17 +332,27 @@ async def presence_refresh() -> None:
             if stale and key.startswith("chat:presence:"):
                 presence_changed(int(key.rsplit(":", 1)[1]))
         return
+    # In batches, each its own round trip: one pipeline for every room and
+    # user of a process (5000 sockets in 500 rooms: 11,500 commands) held the
+    # event loop for a quarter of a second every PRESENCE_REFRESH_SECONDS,
+    # which was the p99 of every message sent meanwhile.
     rooms = list(_mine.items())
-    async with client.pipeline(transaction=False) as pipe:
-        for room_id, entries in rooms:
-            pipe.zadd(_key(room_id), dict.fromkeys(entries, expires))
-            pipe.expire(_key(room_id), settings.PRESENCE_TTL_SECONDS * 2)
-            pipe.zremrangebyscore(_key(room_id), "-inf", now)
-        for user_id, sockets in list(_mine_sockets.items()):
-            pipe.zadd(_user_key(user_id), dict.fromkeys(sockets, expires))
-            pipe.expire(_user_key(user_id), settings.PRESENCE_TTL_SECONDS * 2)
-        results = await asyncio.wait_for(pipe.execute(), settings.LAYER_OUTAGE_SECONDS)
-    for index, (room_id, _) in enumerate(rooms):
-        added, _, pruned = results[index * 3 : index * 3 + 3]
-        if added or pruned:
-            presence_changed(room_id)
+    for start in range(0, len(rooms), REFRESH_BATCH):
+        batch = rooms[start : start + REFRESH_BATCH]
+        async with client.pipeline(transaction=False) as pipe:
+            for room_id, entries in batch:
+                pipe.zadd(_key(room_id), dict.fromkeys(entries, expires))
+                pipe.expire(_key(room_id), settings.PRESENCE_TTL_SECONDS * 2)
+                pipe.zremrangebyscore(_key(room_id), "-inf", now)
+            results = await asyncio.wait_for(pipe.execute(), settings.LAYER_OUTAGE_SECONDS)
+        for index, (room_id, _) in enumerate(batch):
+            added, _, pruned = results[index * 3 : index * 3 + 3]
+            if added or pruned:
+                presence_changed(room_id)
+    users = list(_mine_sockets.items())
+    for start in range(0, len(users), REFRESH_BATCH):
+        async with client.pipeline(transaction=False) as pipe:
+            for user_id, sockets in users[start : start + REFRESH_BATCH]:
+                pipe.zadd(_user_key(user_id), dict.fromkeys(sockets, expires))
+                pipe.expire(_user_key(user_id), settings.PRESENCE_TTL_SECONDS * 2)
+            await asyncio.wait_for(pipe.execute(), settings.LAYER_OUTAGE_SECONDS)
