@@ -70,7 +70,7 @@ bench-quick: $(STAMP)
 	$(VENV)/bin/pip install --quiet -r requirements-bench.txt
 	$(PY) -m bench.run --quick
 
-# The multi-process topology without Docker: nginx + 2 daphne + Redis.
+# The multi-process topology without Docker: nginx + 2 uvicorn processes (deploy/entrypoint.sh) + Redis.
 stack: $(STAMP) system-deps
 	$(PY) -m deploy.localstack
 

@@ -1,8 +1,9 @@
 """Run the production topology locally, without Docker.
 
-    .venv/bin/python deploy/localstack.py [--daphnes 2] [--port 8080] [--fake-openai]
+    .venv/bin/python deploy/localstack.py [--daphnes 2] [--server uvicorn|daphne] [--port 8080] [--fake-openai]
 
-nginx on 127.0.0.1 -> N daphne processes -> a private Redis-protocol server and
+nginx on 127.0.0.1 -> N server processes (deploy/entrypoint.sh's, uvicorn by
+default; historically named daphne1, daphne2...) -> a private Redis-protocol server and
 PostgreSQL from DATABASE_URL (else a SQLite file in the work dir). Waits until
 /healthz answers through nginx, prints the URL, and stops everything on Ctrl-C
 or SIGTERM. See docs/deployment.md.
@@ -28,7 +29,10 @@ from deploy.stack import Stack, StackError
 
 def arguments_parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--daphnes", type=int, default=2, help="number of daphne processes (default 2)")
+    parser.add_argument("--daphnes", type=int, default=2, help="number of server processes (default 2)")
+    parser.add_argument(
+        "--server", choices=("uvicorn", "daphne"), default="uvicorn", help="their ASGI server (default uvicorn)"
+    )
     parser.add_argument("--port", type=int, default=None, help="nginx port (default: a free one)")
     parser.add_argument("--workdir", type=Path, default=None, help="state and logs (default: a temporary dir)")
     parser.add_argument("--database-url", default=None, help="default: $DATABASE_URL, else SQLite in the work dir")
@@ -39,7 +43,7 @@ def arguments_parse(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--fake-openai", action="store_true", help="start tests.fakeopenai and point the app at it")
     parser.add_argument("--room", action="append", default=[], help="create this room (slug) after migrating")
-    parser.add_argument("--no-nginx", action="store_true", help="daphne processes only")
+    parser.add_argument("--no-nginx", action="store_true", help="server processes only")
     parser.add_argument(
         "--install-nginx", action="store_true", help="apt-get install nginx when it is missing (root only)"
     )
@@ -53,6 +57,7 @@ def main(argv: list[str]) -> int:
     stack = Stack(
         workdir,
         daphne_count=args.daphnes,
+        servers=[args.server] * args.daphnes,
         database_url=args.database_url,
         nginx=not args.no_nginx,
         fake_openai=args.fake_openai,
@@ -77,7 +82,7 @@ def main(argv: list[str]) -> int:
         return 1
     print(f"chatsite is up at {stack.url}/  (websockets: {stack.ws_url}/ws/rooms/<slug>/)")
     for index, url in enumerate(stack.daphne_urls, start=1):
-        print(f"  daphne{index}: {url}  log: {workdir / 'logs' / f'daphne{index}.log'}")
+        print(f"  {args.server} (daphne{index}): {url}  log: {workdir / 'logs' / f'daphne{index}.log'}")
     print(f"  redis: {stack.redis_url}  database: {stack.database_url}")
     print(f"  manage.py with this stack's settings: see {workdir / 'stack.env'}")
     print("Ctrl-C stops everything.", flush=True)
