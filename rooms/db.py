@@ -16,9 +16,15 @@ deadline, and turns every way the database can be away into one exception,
   ``interrupt()`` for SQLite); the stuck thread then fails at once and the
   calls queued behind it run (or fail) instead of waiting forever.
 
+The deadline runs from when a database thread takes the call: waiting for
+one (a reconnect storm queues thousands of calls on a healthy database) is
+bounded separately, by DATABASE_QUEUE_TIMEOUT, and giving up there
+(``DatabaseBusy``) says nothing about the database.
+
 Once a call has failed, the process stops queueing work behind a database
-that is away: further calls fail at once, and one call at a time (every
-PROBE_SECONDS) is let through to find out whether it is back. So during an
+that is away: further calls fail at once, calls already queued fail as soon
+as they notice, and one call at a time (every PROBE_SECONDS) is let through
+to find out whether it is back. So during an
 outage sends are answered ``unavailable`` immediately, a streaming reply keeps
 broadcasting without waiting on its saves, and the first probe that succeeds
 opens the way again.
