@@ -229,7 +229,14 @@ def message_create(
     # A repeated client_id is found by the unique constraint below rather than
     # looked up first: a retry is rare, and the lookup was a tenth of the
     # server's CPU per message.
-    quoted = _reply_to_get(room.pk, reply_to)
+    try:
+        quoted = _reply_to_get(room.pk, reply_to)
+    except ServiceError:
+        # A resend of a message whose quote was deleted since: the original stands.
+        existing = message_by_client_id(room.pk, user.pk, client_id) if client_id is not None else None
+        if existing is None:
+            raise
+        return existing, False
     html, mentions = message_render_mentions(text, mentions_resolve(room, text, user))
     try:
         with transaction.atomic():

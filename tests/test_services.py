@@ -58,6 +58,22 @@ def test_client_id_retry_returns_the_original(make_user, make_room):
     # Another user may use the same client_id.
     other, created_other = services.message_create(room=room, user=make_user(), text="hi", client_id="abc")
     assert created_other and other.pk != first.pk
+    # The refused duplicate took no seq: the next message follows without a hole.
+    assert services.message_create(room=room, user=user, text="next")[0].seq == other.seq + 1
+
+
+def test_client_id_retry_returns_the_original_after_its_quote_was_deleted(make_user, make_room):
+    user, room = make_user(), make_room()
+    quoted, _ = services.message_create(room=room, user=user, text="the question")
+    first, _ = services.message_create(room=room, user=user, text="the answer", client_id="r1", reply_to=quoted.pk)
+    services.message_delete(room=room, user=user, message_id=quoted.pk)
+    again, created = services.message_create(
+        room=room, user=user, text="the answer", client_id="r1", reply_to=quoted.pk
+    )
+    assert not created and again.pk == first.pk
+    with pytest.raises(ServiceError) as info:  # a new message may not quote it
+        services.message_create(room=room, user=user, text="late", client_id="r2", reply_to=quoted.pk)
+    assert info.value.code == "not_found"
 
 
 @pytest.mark.parametrize("client_id", ["", "x" * 65, 12, ["a"]])
