@@ -8,28 +8,34 @@ then fall back to process-local state (single-process mode).
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from django.conf import settings
 from redis import asyncio as aioredis
 
-_clients: dict[tuple[asyncio.AbstractEventLoop, str], aioredis.Redis] = {}
+_clients: dict[asyncio.AbstractEventLoop, aioredis.Redis] = {}
 
 
-def kv_client(purpose: str = "default") -> aioredis.Redis | None:
-    """The process's client for ``purpose`` (one connection pool each: redis-py's
-    pool serialises reconnects, and during a Redis stall every call of one
-    purpose would otherwise queue behind a timing-out reconnect of another's)."""
+def redis_options(timeout: float) -> dict[str, Any]:
+    """How this project's own Redis clients connect (this one, and the health
+    probe's blocking one in rooms.realtime): every wait bounded by ``timeout``,
+    no health-check pings of redis-py's own, strings back."""
+    return {
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+        "health_check_interval": 0,
+        "decode_responses": True,
+    }
+
+
+def kv_client() -> aioredis.Redis | None:
+    """The process's client (one per event loop)."""
     if not settings.REDIS_URL:
         return None
     loop = asyncio.get_running_loop()
-    client = _clients.get((loop, purpose))
+    client = _clients.get(loop)
     if client is None:
-        client = aioredis.Redis.from_url(
-            settings.REDIS_URL,
-            socket_timeout=settings.REDIS_SOCKET_TIMEOUT,
-            socket_connect_timeout=settings.REDIS_SOCKET_TIMEOUT,
-            health_check_interval=0,
-            decode_responses=True,
+        client = _clients[loop] = aioredis.Redis.from_url(
+            settings.REDIS_URL, **redis_options(settings.REDIS_SOCKET_TIMEOUT)
         )
-        _clients[(loop, purpose)] = client
     return client

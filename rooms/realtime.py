@@ -24,6 +24,7 @@ from django.conf import settings
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import events
+from .kv import redis_options
 from .tasks import tasks
 
 logger = logging.getLogger(__name__)
@@ -149,7 +150,6 @@ class LayerHealth:
     def _reset(self) -> None:
         self._sockets: weakref.WeakSet[Any] = weakref.WeakSet()
         self._failed = False
-        self._last_ok = time.monotonic()
         self._boot: str | None = None
         self._echo_token = ""
         self._echo_seen: asyncio.Event | None = None  # made on the running loop
@@ -256,13 +256,7 @@ class _Probe:
             return self._last_ok, self._boot, self._refused
 
     def _run(self) -> None:
-        client = redis.Redis.from_url(
-            self.url,
-            socket_timeout=settings.LAYER_HEALTH_TIMEOUT,
-            socket_connect_timeout=settings.LAYER_HEALTH_TIMEOUT,
-            health_check_interval=0,
-            decode_responses=True,
-        )
+        client = redis.Redis.from_url(self.url, **redis_options(settings.LAYER_HEALTH_TIMEOUT))
         while True:
             time.sleep(settings.LAYER_HEALTH_INTERVAL)
             try:
