@@ -9,7 +9,7 @@ from functools import cache
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import connection
+from django.db import connection, models
 from django.db.models import Count, Exists, OuterRef, Q, QuerySet, Subquery, TextField
 from django.db.models.functions import Cast, Coalesce
 
@@ -123,6 +123,14 @@ def message_list_after(room: Room, after_id: int, limit: int) -> Resume:
     return Resume(messages=quotes_attach(rows), truncated=truncated)
 
 
+def sql_columns(model: type[models.Model], alias: str = "") -> str:
+    """Every column of ``model``, quoted (``alias.`` before each), in field
+    order: the select list of the raw SQL that builds ``model`` instances."""
+    q = connection.ops.quote_name
+    prefix = f"{alias}." if alias else ""
+    return ", ".join(f"{prefix}{q(f.column)}" for f in model._meta.concrete_fields)
+
+
 @dataclass(frozen=True)
 class _OpenSql:
     room: str
@@ -138,14 +146,10 @@ def _sql() -> _OpenSql:
     (about 6 of 13 ms); the SQL is plain enough for SQLite and PostgreSQL,
     and tests run it on both."""
     q = connection.ops.quote_name
-
-    def cols(model: type[Room] | type[Message] | type[Assistant], alias: str) -> str:
-        return ", ".join(f"{alias}.{q(f.column)}" for f in model._meta.concrete_fields)
-
     msg, room = q(Message._meta.db_table), q(Room._meta.db_table)
     member, read = q(Membership._meta.db_table), q(RoomRead._meta.db_table)
     streaming, assistant = Message.Status.STREAMING.value, Message.Role.ASSISTANT.value
-    messages = f"SELECT {cols(Message, 'm')} FROM {msg} m WHERE m.room_id = %s AND m.visible_to_id IS NULL"
+    messages = f"SELECT {sql_columns(Message, 'm')} FROM {msg} m WHERE m.room_id = %s AND m.visible_to_id IS NULL"
 
     def anchor(column: str) -> str:
         return (
@@ -155,7 +159,7 @@ def _sql() -> _OpenSql:
 
     return _OpenSql(
         room=(
-            f"SELECT {cols(Room, 'r')},"
+            f"SELECT {sql_columns(Room, 'r')},"
             f" COALESCE((SELECT rr.last_read_seq FROM {read} rr WHERE rr.room_id = r.id AND rr.user_id = %s), 0)"
             " AS read_seq,"
             f" EXISTS(SELECT 1 FROM {member} mb WHERE mb.room_id = r.id AND mb.user_id = %s) AS is_member,"
@@ -168,7 +172,7 @@ def _sql() -> _OpenSql:
             f" FROM {room} r WHERE r.slug = %s"
         ),
         assistants=(
-            f"SELECT {cols(Assistant, 'a')} FROM {q(Assistant._meta.db_table)} a"
+            f"SELECT {sql_columns(Assistant, 'a')} FROM {q(Assistant._meta.db_table)} a"
             " WHERE a.room_id = %s AND a.enabled = %s ORDER BY a.position, a.id"
         ),
         messages=messages,

@@ -12,6 +12,7 @@ import re
 import unicodedata
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from functools import cache
 
 from asgiref.sync import async_to_sync
 from django.conf import settings
@@ -28,7 +29,7 @@ from .db import db_run
 from .models import Assistant, AssistantRequest, Membership, Message, Room, RoomRead
 from .realtime import group_publish, group_send_safe, room_group, user_group
 from .rendering import mentions_in, message_render_mentions
-from .selectors import room_may_moderate
+from .selectors import room_may_moderate, sql_columns
 
 logger = logging.getLogger(__name__)
 
@@ -151,14 +152,17 @@ def room_lock(room_id: int) -> Room:
 def room_lock_seq_take(room_id: int) -> Room:
     """``room_lock`` and ``seq_take`` in one statement (the room comes back
     with its new ``last_seq``): the hot path of every message."""
-    q = connection.ops.quote_name
-    table, last_seq = q(Room._meta.db_table), q("last_seq")
-    columns = ", ".join(q(f.column) for f in Room._meta.concrete_fields)
-    sql = f"UPDATE {table} SET {last_seq} = {last_seq} + 1 WHERE {q('id')} = %s RETURNING {columns}"
-    rows = list(Room.objects.raw(sql, [room_id]))
+    rows = list(Room.objects.raw(_room_lock_seq_take_sql(), [room_id]))
     if not rows:
         raise AccessLost("gone")
     return rows[0]
+
+
+@cache
+def _room_lock_seq_take_sql() -> str:
+    q = connection.ops.quote_name
+    table, last_seq = q(Room._meta.db_table), q("last_seq")
+    return f"UPDATE {table} SET {last_seq} = {last_seq} + 1 WHERE {q('id')} = %s RETURNING {sql_columns(Room)}"
 
 
 def seq_take(room: Room) -> int:
