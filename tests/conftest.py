@@ -44,6 +44,25 @@ async def realtime_cleanup():
     await tasks_stop()
 
 
+@pytest.fixture
+def batch_sizes(monkeypatch) -> Callable[[object, str], list[int]]:
+    """``batch_sizes(module, name)``: wrap a group-commit function (one call per
+    batch); the returned list fills with the size of every batch it is given."""
+
+    def wrap(module: object, name: str) -> list[int]:
+        sizes: list[int] = []
+        real = getattr(module, name)
+
+        def counted(items):
+            sizes.append(len(items))
+            return real(items)
+
+        monkeypatch.setattr(module, name, counted)
+        return sizes
+
+    return wrap
+
+
 @pytest.fixture(autouse=True)
 def _fast_password_hashing(settings) -> None:
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

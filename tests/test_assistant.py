@@ -282,7 +282,7 @@ async def test_disabled_assistant_stays_silent(make_user, make_room, model_serve
     await a1.disconnect()
 
 
-async def test_checkpoints_of_concurrent_replies_share_commits(make_room, monkeypatch):
+async def test_checkpoints_of_concurrent_replies_share_commits(make_room, batch_sizes):
     """Group commit: replies flushing at once are saved in a few transactions, each
     save returns only once committed, and a swept reply is told so."""
     from rooms.assistant import services, stream
@@ -297,14 +297,7 @@ async def test_checkpoints_of_concurrent_replies_share_commits(make_room, monkey
     reply_ids = [reply.pk for reply in replies]
     swept = reply_ids[-1]
     await Message.objects.filter(pk=swept).aupdate(status=Message.Status.INTERRUPTED)
-    batches: list[int] = []
-    real = services.reply_checkpoint_many
-
-    def counted(checkpoints):
-        batches.append(len(checkpoints))
-        return real(checkpoints)
-
-    monkeypatch.setattr(services, "reply_checkpoint_many", counted)
+    batches = batch_sizes(services, "reply_checkpoint_many")
     writer = stream.CheckpointWriter()
     results = await asyncio.gather(*(writer.save(pk, f"text of {pk}", 7) for pk in reply_ids))
     assert results == [True] * 19 + [False]

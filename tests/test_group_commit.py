@@ -116,23 +116,12 @@ def test_a_resend_whose_quote_was_deleted_gets_its_original(make_user, make_room
 # --- The writer -------------------------------------------------------------
 
 
-@pytest.fixture
-def batches(monkeypatch):
-    """The size of every batch the writer hands to the database."""
-    sizes: list[int] = []
-    real = services.message_create_many
-
-    def counted(requests):
-        sizes.append(len(requests))
-        return real(requests)
-
-    monkeypatch.setattr(services, "message_create_many", counted)
-    return sizes
-
-
 @pytest.mark.asyncio
 @pytest.mark.django_db(transaction=True)
-async def test_concurrent_sends_share_batches_and_keep_every_guarantee(make_user, make_room, batches, realtime_cleanup):
+async def test_concurrent_sends_share_batches_and_keep_every_guarantee(
+    make_user, make_room, batch_sizes, realtime_cleanup
+):
+    batches = batch_sizes(services, "message_create_many")
     users = [await sync_to_async(make_user)() for _ in range(4)]
     rooms = [await sync_to_async(make_room)() for _ in range(3)]
     sends = [
