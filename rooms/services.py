@@ -429,6 +429,12 @@ def _message_create_one(request: MessageRequest) -> MessageResult:
         )
     except (ServiceError, AccessLost) as exc:
         return exc
+    except IntegrityError as exc:
+        # Not a repeated client_id (message_create answers those): a row it
+        # refers to went away meanwhile (the quoted message, with its room).
+        # This one fails alone; the batch's others are saved and announced.
+        logger.warning("message not saved: %s", type(exc.__cause__ or exc).__name__)
+        return ServiceError(events.NOT_FOUND, "what this message refers to is gone")
 
 
 def _pairs(room_ids: list[int], counts: list[int]) -> list[int]:

@@ -206,3 +206,32 @@ async def test_a_message_saved_after_its_sender_left_is_still_announced(
         await asyncio.sleep(0.05)
     assert announced == ["said and gone"]
     assert await sync_to_async(_seqs)(room) == [1]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_message_whose_quote_vanishes_mid_batch_fails_alone(make_user, make_room, monkeypatch):
+    """The quote is checked before the transaction; if its row is gone by the
+    commit (the foreign key fails), that message is refused and the rest of the
+    batch is still saved, without holes."""
+    user, room = make_user(), make_room()
+    quoted, _ = services.message_create(room=room, user=user, text="the question")
+    real = services._reply_to_get
+
+    def vanishing(room_id, reply_to):
+        found = real(room_id, reply_to)
+        if found is not None:
+            found.pk = found.id = 10**12  # as if deleted between the check and the insert
+        return found
+
+    monkeypatch.setattr(services, "_reply_to_get", vanishing)
+    results = services.message_create_many(
+        [
+            MessageRequest(room, user, "before", client_id="b"),
+            MessageRequest(room, user, "quoting", reply_to=quoted.pk),
+            MessageRequest(room, user, "after"),
+        ]
+    )
+    assert isinstance(results[1], ServiceError) and results[1].code == "not_found"
+    assert [r[0].text for r in (results[0], results[2])] == ["before", "after"]
+    assert results[0][1] and results[2][1]
+    assert _seqs(room) == [1, 2, 3]
