@@ -411,11 +411,25 @@ def _drafts_save(drafts: dict[int, MessageDraft]) -> dict[int, MessageResult]:
             Room.objects.filter(pk=room_id).update(last_seq=F("last_seq") - refused)
         first = last_seqs[room_id] - len(ids) + 1
         messages.extend((i, drafts[i].message(first + n)) for n, i in enumerate(allowed))
-    Message.objects.bulk_create([message for _, message in messages])
+    _messages_insert([message for _, message in messages])
     for i, message in messages:
         message.assistant_requests = []
         outcomes[i] = (message, True)
     return outcomes
+
+
+def _messages_insert(messages: list[Message]) -> None:
+    """One INSERT for all of them, with the signals ``save()`` would have sent
+    (``bulk_create`` sends none): the API marks bots' messages before the insert
+    and records webhook deliveries after it, in this transaction."""
+    using = connection.alias
+    for message in messages:
+        models.signals.pre_save.send(sender=Message, instance=message, raw=False, using=using, update_fields=None)
+    Message.objects.bulk_create(messages)
+    for message in messages:
+        models.signals.post_save.send(
+            sender=Message, instance=message, created=True, update_fields=None, raw=False, using=using
+        )
 
 
 def _message_create_one(request: MessageRequest) -> MessageResult:

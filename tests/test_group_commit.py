@@ -235,3 +235,24 @@ def test_a_message_whose_quote_vanishes_mid_batch_fails_alone(make_user, make_ro
     assert [r[0].text for r in (results[0], results[2])] == ["before", "after"]
     assert results[0][1] and results[2][1]
     assert _seqs(room) == [1, 2, 3]
+
+
+@pytest.mark.django_db
+def test_a_batch_sends_the_signals_a_save_would(make_user, make_room):
+    """The API hooks into message saves: a bot's message is marked as it is
+    inserted, and webhook deliveries are recorded with each message."""
+    from rooms.api import webhooks
+    from rooms.api.models import Webhook, WebhookDelivery
+
+    author, bot = make_user(), make_user("batchbot")
+    bot._chat_is_bot = True  # as the API's authentication marks a bot's requests
+    room = make_room()
+    Webhook.objects.create(room=room, url="http://example.com/all", secret="a")
+    webhooks.targets_forget()
+    results = services.message_create_many(
+        [MessageRequest(room, author, "from a person"), MessageRequest(room, bot, "from a bot")]
+    )
+    person, robot = (result[0] for result in results)
+    assert Message.objects.get(pk=robot.pk).author_bot and not Message.objects.get(pk=person.pk).author_bot
+    deliveries = list(WebhookDelivery.objects.order_by("id").values_list("message_id", "event"))
+    assert deliveries == [(person.pk, "message"), (robot.pk, "message")]
