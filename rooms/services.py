@@ -25,7 +25,7 @@ from django.db.models.functions import Lower
 from django.utils import timezone
 
 from . import events
-from .access import AccessLost, access_check
+from .access import AccessLost, access_check, access_refusals
 from .db import db_run
 from .models import Assistant, AssistantRequest, Membership, Message, Room, RoomRead
 from .realtime import group_publish, group_send_safe, room_group, user_group
@@ -385,31 +385,22 @@ def _drafts_save(drafts: dict[int, MessageDraft]) -> dict[int, MessageResult]:
         if room_id not in taken:
             for i in by_room.pop(room_id):
                 outcomes[i] = AccessLost("gone")
-    last_seqs = {room_id: last_seq for room_id, (last_seq, _) in taken.items()}
     private = {room_id for room_id, (_, is_private) in taken.items() if is_private}
-    user_ids = {drafts[i].user.pk for ids in by_room.values() for i in ids}
-    active = set(get_user_model().objects.filter(pk__in=user_ids, is_active=True).values_list("pk", flat=True))
-    members: set[tuple[int, int]] = set()
-    if private:
-        members = set(
-            Membership.objects.filter(room_id__in=private, user_id__in=active).values_list("room_id", "user_id")
-        )
+    refusals = access_refusals({(room_id, drafts[i].user.pk) for room_id, ids in by_room.items() for i in ids}, private)
     messages: list[tuple[int, Message]] = []
     for room_id, ids in by_room.items():
         allowed = []
         for i in ids:
-            user_id = drafts[i].user.pk
-            if user_id not in active:
-                outcomes[i] = AccessLost("user")
-            elif room_id in private and (room_id, user_id) not in members:
-                outcomes[i] = AccessLost("room")
-            else:
+            what = refusals.get((room_id, drafts[i].user.pk))
+            if what is None:
                 allowed.append(i)
+            else:
+                outcomes[i] = AccessLost(what)
         refused = len(ids) - len(allowed)
         if refused:
             # Give back the seqs of the refused ones, under the same lock: seqs have no holes.
             Room.objects.filter(pk=room_id).update(last_seq=F("last_seq") - refused)
-        first = last_seqs[room_id] - len(ids) + 1
+        first = taken[room_id][0] - len(ids) + 1
         messages.extend((i, drafts[i].message(first + n)) for n, i in enumerate(allowed))
     _messages_insert([message for _, message in messages])
     for i, message in messages:
